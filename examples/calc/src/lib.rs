@@ -1,0 +1,49 @@
+//! The `calc` service: the demo of farine. Run it with `farine --start calc`.
+//!
+//! It consumes operations from exchange `calc` (routing key `operations`), publishes each sum
+//! back to exchange `calc` with routing key `results`, and logs every result it hears.
+
+use farine::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// A request to add two numbers: `{"a": 2, "b": 3}`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct Operation {
+    pub a: i64,
+    pub b: i64,
+}
+
+/// A computed sum: `{"sum": 5}`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct Sum {
+    pub sum: i64,
+}
+
+#[derive(Default)]
+pub struct Calc;
+
+#[farine::service]
+impl Calc {
+    /// Adds the numbers of each operation and publishes the sum.
+    #[amqp::consume(routing_key = "operations")]
+    async fn on_operation(&self, operation: Operation) -> farine::Result<()> {
+        let sum = operation
+            .a
+            .checked_add(operation.b)
+            .ok_or_else(|| farine::Error::Runtime(format!("{operation:?} overflows i64")))?;
+        self.publish_sum(sum).await
+    }
+
+    /// Publishes a sum to exchange `calc`, routing key `results`.
+    #[amqp::publish(routing_key = "results")]
+    pub async fn publish_sum(&self, publish: Publisher, sum: i64) -> farine::Result<()> {
+        publish.send(&Sum { sum }).await
+    }
+
+    /// Logs every result published on `calc`/`results`.
+    #[amqp::consume(routing_key = "results")]
+    async fn on_result(&self, result: Sum) -> farine::Result<()> {
+        farine::tracing::info!(sum = result.sum, "result");
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+//! The `farine` command: builds and runs service crates (`--start`) and scaffolds new ones
+//! (`farine new`).
+
+mod scaffold;
+mod start;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// `--start` is an option rather than a subcommand so that `farine --start MODULE` reads as it
+/// did in Python farine.
+#[derive(Debug, Parser)]
+#[command(
+    name = "farine",
+    version,
+    about = "Build and run farine services, or scaffold a new one",
+    args_conflicts_with_subcommands = true,
+    arg_required_else_help = true
+)]
+struct Cli {
+    /// Cargo package holding a service binary: a package name in the current workspace, or a
+    /// path to its directory or Cargo.toml. Repeat to run several services side by side.
+    #[arg(short = 's', long = "start", value_name = "MODULE")]
+    start: Vec<String>,
+
+    /// Build the services with the release profile.
+    #[arg(long, requires = "start")]
+    release: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a service crate that builds and runs as generated.
+    New {
+        /// Crate and service name: lowercase letters, digits, `_` or `-`, starting with a letter.
+        name: String,
+
+        /// Directory to create NAME in (default: the current directory).
+        #[arg(long, value_name = "DIR")]
+        path: Option<PathBuf>,
+    },
+}
+
+/// A failure reported as `farine: <message>`, with the exit status it calls for.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    /// A general failure (exit status 1).
+    pub fn new(message: impl Into<String>) -> Self {
+        Self::with_code(1, message)
+    }
+
+    pub fn with_code(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Some(Command::New { name, path }) => {
+            scaffold::run(&name, path.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
+        None if !cli.start.is_empty() => start::run(&cli.start, cli.release),
+        None => {
+            // Unreachable through clap (`arg_required_else_help`), kept so no input panics.
+            let _ = Cli::command().print_help();
+            Ok(ExitCode::from(2))
+        }
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("farine: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}

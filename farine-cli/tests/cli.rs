@@ -1,0 +1,417 @@
+//! End-to-end tests of the `farine` binary: module lookup errors, `farine new`, and starting
+//! real (tiny, farine-free) packages, including signal forwarding.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+/// Building a tiny package can take a while on a loaded machine; a hang must still fail.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn farine() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_farine"))
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// A fresh directory of its own for each test, removed when the test ends.
+fn temp_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("farine-cli-test-")
+        .tempdir()
+        .expect("create a temporary directory")
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .canonicalize()
+        .expect("the workspace root exists")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("run farine")
+}
+
+/// Writes a standalone package (its own `[workspace]`, no dependencies) with this `main.rs`.
+fn write_package(dir: &Path, name: &str, main_rs: &str) {
+    std::fs::create_dir_all(dir.join("src")).expect("create package dir");
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+             [workspace]\n"
+        ),
+    )
+    .expect("write Cargo.toml");
+    std::fs::write(dir.join("src/main.rs"), main_rs).expect("write main.rs");
+}
+
+const EXIT_3: &str = r#"fn main() {
+    println!("started");
+    std::process::exit(3);
+}
+"#;
+
+/// Prints "ready", runs until SIGTERM, then prints "stopping" and exits 0.
+const UNTIL_SIGTERM: &str = r#"use std::sync::atomic::{AtomicBool, Ordering};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_term(_: i32) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+extern "C" {
+    fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
+}
+
+fn main() {
+    unsafe {
+        signal(15, on_term);
+    }
+    println!("ready");
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    println!("stopping");
+}
+"#;
+
+/// A running `farine` whose stdout and stderr lines are collected as they come.
+struct Watched {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Watched {
+    fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn farine");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        for (stream, source) in [
+            ("out", Box::new(stdout) as Box<dyn Read + Send>),
+            ("err", Box::new(stderr)),
+        ] {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(source).lines().map_while(Result::ok) {
+                    if tx.send(format!("{stream}: {line}")).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line equal to `wanted` (as `out: ...` or `err: ...`).
+    fn wait_for(&mut self, wanted: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.seen.iter().any(|line| line == wanted) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!("no line {wanted:?} in time; got:\n{}", self.seen.join("\n"));
+                }
+            }
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits i32");
+        kill(Pid::from_raw(pid), signal).expect("signal farine");
+    }
+
+    /// Waits for farine to exit, then returns its status and everything it printed.
+    fn finish(mut self) -> (ExitStatus, String) {
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for farine") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("farine did not exit; got:\n{}", self.seen.join("\n"));
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        // The reader threads end when the pipes close.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(10)) {
+            self.seen.push(line);
+        }
+        (status, self.seen.join("\n"))
+    }
+}
+
+#[test]
+fn start_unknown_module_lists_what_was_searched() {
+    let root = workspace_root();
+    let output = run(farine()
+        .args(["--start", "nosuchservice"])
+        .current_dir(&root));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.starts_with("farine: "), "{stderr}");
+    assert!(stderr.contains("nosuchservice"), "{stderr}");
+    assert!(
+        stderr.contains(&root.display().to_string()),
+        "workspace root missing: {stderr}"
+    );
+    for package in ["calc", "farine", "farine-cli"] {
+        assert!(
+            stderr.contains(package),
+            "package {package} missing: {stderr}"
+        );
+    }
+    assert!(
+        stderr.contains(&root.join("nosuchservice").display().to_string()),
+        "path tried missing: {stderr}"
+    );
+}
+
+#[test]
+fn start_directory_without_cargo_toml_is_refused() {
+    let tmp = temp_dir();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).expect("create dir");
+    let output = run(farine().arg("--start").arg(&empty).current_dir(tmp.path()));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&empty.display().to_string()),
+        "path missing: {stderr}"
+    );
+    assert!(stderr.contains("without a Cargo.toml"), "{stderr}");
+    // Outside any workspace, the message says so rather than listing packages.
+    assert!(stderr.contains("no Cargo workspace"), "{stderr}");
+}
+
+#[test]
+fn new_rejects_bad_names() {
+    let tmp = temp_dir();
+    for bad in ["Bad", "1svc", "my svc", "fn"] {
+        let output = run(farine().args(["new", bad, "--path"]).arg(tmp.path()));
+        let stderr = text(&output.stderr);
+        assert!(!output.status.success(), "{bad:?} accepted");
+        assert!(stderr.starts_with("farine: "), "{stderr}");
+        assert!(stderr.contains(bad), "{stderr}");
+        assert!(!tmp.path().join(bad).exists(), "{bad:?} created");
+    }
+}
+
+#[test]
+fn new_refuses_a_non_empty_directory() {
+    let tmp = temp_dir();
+    let existing = tmp.path().join("demo");
+    std::fs::create_dir(&existing).expect("create dir");
+    std::fs::write(existing.join("keep.txt"), "mine").expect("write file");
+    let output = run(farine().args(["new", "demo", "--path"]).arg(tmp.path()));
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("not empty"), "{stderr}");
+    assert!(!existing.join("Cargo.toml").exists());
+    assert_eq!(
+        std::fs::read_to_string(existing.join("keep.txt")).ok(),
+        Some("mine".to_string())
+    );
+}
+
+#[test]
+fn new_creates_the_service_files() {
+    let tmp = temp_dir();
+    // An empty directory is fine.
+    std::fs::create_dir(tmp.path().join("demo_svc")).expect("create dir");
+    let output = run(farine().args(["new", "demo_svc", "--path"]).arg(tmp.path()));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("farine --start"), "{stdout}");
+
+    let dir = tmp.path().join("demo_svc");
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).expect(file);
+    let cargo_toml = read("Cargo.toml");
+    assert!(cargo_toml.contains("name = \"demo_svc\""), "{cargo_toml}");
+    assert!(cargo_toml.contains("\n[workspace]\n"), "{cargo_toml}");
+    assert!(cargo_toml.contains("edition = \"2021\""), "{cargo_toml}");
+    let farine_lib = workspace_root().join("farine");
+    assert!(
+        cargo_toml.contains(&format!(
+            "farine = {{ path = \"{}\" }}",
+            farine_lib.display()
+        )),
+        "{cargo_toml}"
+    );
+    assert!(cargo_toml.contains("serde = { version = \"1\", features = [\"derive\"] }"));
+
+    let main_rs = read("src/main.rs");
+    assert!(main_rs.contains("pub struct DemoSvc;"), "{main_rs}");
+    assert!(main_rs.contains("#[farine::service(name = \"demo_svc\")]"));
+    assert!(main_rs.contains("#[amqp::consume(routing_key = \"greet\")]"));
+    assert!(main_rs.contains("farine::main!();"));
+
+    let ini = read("farine.ini");
+    assert!(ini.contains("[DEFAULT]"), "{ini}");
+    assert!(ini.contains("amqp_uri = ${AMQP_URI:amqp://guest:guest@127.0.0.1:5672/%2f}"));
+    assert!(ini.contains("\n[demo_svc]\n"), "{ini}");
+
+    assert!(read("README.md").contains("FARINE_INI=farine.ini farine --start ."));
+}
+
+/// Needs the farine macros (`service`, `amqp::consume`, `main!`) to be in place.
+#[test]
+fn new_service_builds() {
+    let tmp = temp_dir();
+    let output = run(farine().args(["new", "demo_svc", "--path"]).arg(tmp.path()));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let build = run(cargo()
+        .arg("build")
+        .current_dir(tmp.path().join("demo_svc"))
+        // Reuse the workspace's compiled dependencies.
+        .env(
+            "CARGO_TARGET_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../target"),
+        ));
+    assert!(
+        build.status.success(),
+        "generated crate does not build:\n{}",
+        text(&build.stderr)
+    );
+}
+
+#[test]
+fn start_by_path_builds_runs_and_returns_the_exit_code() {
+    let tmp = temp_dir();
+    let package = tmp.path().join("exit3");
+    write_package(&package, "exit3", EXIT_3);
+    let output = run(farine()
+        .arg("--start")
+        .arg(&package)
+        .current_dir(tmp.path())
+        .env("CARGO_TARGET_DIR", tmp.path().join("target")));
+    let stderr = text(&output.stderr);
+    assert_eq!(text(&output.stdout), "started\n", "stderr: {stderr}");
+    assert_eq!(output.status.code(), Some(3), "stderr: {stderr}");
+    assert!(
+        stderr.contains("farine: service exit3 exited with status 3"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn start_by_name_finds_the_package_in_the_current_workspace() {
+    let tmp = temp_dir();
+    std::fs::write(
+        tmp.path().join("Cargo.toml"),
+        "[workspace]\nresolver = \"2\"\nmembers = [\"svc\"]\n",
+    )
+    .expect("write workspace");
+    let package = tmp.path().join("svc");
+    std::fs::create_dir_all(package.join("src")).expect("create package");
+    std::fs::write(
+        package.join("Cargo.toml"),
+        "[package]\nname = \"named-svc\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    )
+    .expect("write Cargo.toml");
+    std::fs::write(package.join("src/main.rs"), EXIT_3).expect("write main.rs");
+
+    // `_` for `-`, as cargo allows.
+    let output = run(farine()
+        .args(["--start", "named_svc"])
+        .current_dir(tmp.path())
+        .env("CARGO_TARGET_DIR", tmp.path().join("target")));
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout), "started\n");
+}
+
+#[test]
+fn start_build_failure_names_the_package() {
+    let tmp = temp_dir();
+    let package = tmp.path().join("broken");
+    write_package(&package, "broken", "fn main() { this is not rust }\n");
+    let output = run(farine()
+        .arg("--start")
+        .arg(&package)
+        .current_dir(tmp.path())
+        .env("CARGO_TARGET_DIR", tmp.path().join("target")));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("farine: package `broken` failed to build"),
+        "{stderr}"
+    );
+    // Cargo's own diagnostic is passed through.
+    assert!(stderr.contains("error"), "{stderr}");
+}
+
+#[test]
+fn start_forwards_sigterm_to_the_service() {
+    let tmp = temp_dir();
+    let package = tmp.path().join("sleeper");
+    write_package(&package, "sleeper", UNTIL_SIGTERM);
+    let mut farine = Watched::spawn(
+        farine()
+            .arg("--start")
+            .arg(&package)
+            .current_dir(tmp.path())
+            .env("CARGO_TARGET_DIR", tmp.path().join("target")),
+    );
+    farine.wait_for("out: ready", BUILD_TIMEOUT);
+    farine.signal(Signal::SIGTERM);
+    let (status, printed) = farine.finish();
+    assert!(printed.contains("out: stopping"), "{printed}");
+    assert_eq!(status.code(), Some(0), "{printed}");
+}
+
+#[test]
+fn start_keeps_the_others_running_when_one_fails() {
+    let tmp = temp_dir();
+    let failing = tmp.path().join("exit3");
+    let sleeper = tmp.path().join("sleeper");
+    write_package(&failing, "exit3", EXIT_3);
+    write_package(&sleeper, "sleeper", UNTIL_SIGTERM);
+    let mut farine = Watched::spawn(
+        farine()
+            .arg("--start")
+            .arg(&failing)
+            .arg("-s")
+            .arg(&sleeper)
+            .current_dir(tmp.path())
+            .env("CARGO_TARGET_DIR", tmp.path().join("target")),
+    );
+    farine.wait_for(
+        "err: farine: service exit3 exited with status 3",
+        BUILD_TIMEOUT,
+    );
+    farine.wait_for("out: ready", BUILD_TIMEOUT);
+    farine.signal(Signal::SIGTERM);
+    let (status, printed) = farine.finish();
+    assert!(printed.contains("out: stopping"), "{printed}");
+    // The first failure decides the exit status.
+    assert_eq!(status.code(), Some(3), "{printed}");
+}

@@ -1,0 +1,205 @@
+//! What `#[farine::service]` parsed: the impl block, its service name, and each method with
+//! its farine attributes and parameters.
+
+use crate::attr::{self, Args};
+use proc_macro2::{Span, TokenStream};
+use syn::{Attribute, FnArg, ImplItem, ItemImpl, Pat, Signature, Type};
+
+pub struct Service {
+    pub item: ItemImpl,
+    pub ty_ident: syn::Ident,
+    pub name: String,
+    pub name_span: Span,
+    pub methods: Vec<Method>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Consume,
+    Rpc,
+    Stream,
+    Execute,
+}
+
+impl EntryKind {
+    pub fn shown(self) -> &'static str {
+        match self {
+            EntryKind::Consume => "amqp::consume",
+            EntryKind::Rpc => "rpc::method",
+            EntryKind::Stream => "stream::http",
+            EntryKind::Execute => "execute::method",
+        }
+    }
+}
+
+pub struct Entry {
+    pub kind: EntryKind,
+    pub attr: Attribute,
+    pub args: Args,
+}
+
+/// A parameter the runtime supplies instead of the message.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Injected {
+    Publisher,
+}
+
+pub struct Param {
+    pub pat: Box<Pat>,
+    pub ty: Box<Type>,
+    pub injected: Option<Injected>,
+}
+
+pub struct Method {
+    /// Position of the method among the impl's items.
+    pub index: usize,
+    pub sig: Signature,
+    pub entries: Vec<Entry>,
+    pub publishes: Vec<(Attribute, Args)>,
+    pub params: Vec<Param>,
+}
+
+impl Method {
+    pub fn entry(&self) -> Option<&Entry> {
+        self.entries.first()
+    }
+
+    /// Parameters that come from the message (everything the runtime does not inject).
+    pub fn message_params(&self) -> impl Iterator<Item = &Param> {
+        self.params.iter().filter(|p| p.injected.is_none())
+    }
+}
+
+enum FarineAttr {
+    Entry(EntryKind),
+    Publish,
+}
+
+/// Recognises `amqp::consume`, `farine::amqp::consume`, ... by their last two segments.
+fn classify(attr: &Attribute) -> Option<FarineAttr> {
+    let segments: Vec<String> = attr
+        .path()
+        .segments
+        .iter()
+        .map(|s| s.ident.to_string())
+        .collect();
+    let n = segments.len();
+    if n < 2 {
+        return None;
+    }
+    match (segments[n - 2].as_str(), segments[n - 1].as_str()) {
+        ("amqp", "consume") => Some(FarineAttr::Entry(EntryKind::Consume)),
+        ("amqp", "publish") => Some(FarineAttr::Publish),
+        ("rpc", "method") => Some(FarineAttr::Entry(EntryKind::Rpc)),
+        ("stream", "http") => Some(FarineAttr::Entry(EntryKind::Stream)),
+        ("execute", "method") => Some(FarineAttr::Entry(EntryKind::Execute)),
+        _ => None,
+    }
+}
+
+fn injected(ty: &Type) -> Option<Injected> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    match last.ident.to_string().as_str() {
+        "Publisher" => Some(Injected::Publisher),
+        _ => None,
+    }
+}
+
+impl Service {
+    pub fn parse(args: TokenStream, mut item: ItemImpl) -> syn::Result<Service> {
+        let args = Args::parse("farine::service", attr::SERVICE, args)?;
+        let ty_ident = match &*item.self_ty {
+            Type::Path(path) if path.qself.is_none() => match path.path.segments.last() {
+                Some(last) => last.ident.clone(),
+                None => return Err(syn::Error::new_spanned(&item.self_ty, "expected a type")),
+            },
+            other => {
+                return Err(syn::Error::new_spanned(
+                    other,
+                    "#[farine::service] goes on `impl YourType { ... }` where YourType is a named struct",
+                ))
+            }
+        };
+        let (name, name_span) = match args.str("name") {
+            Some(lit) => (lit.value(), lit.span()),
+            None => (ty_ident.to_string().to_lowercase(), ty_ident.span()),
+        };
+
+        let mut errors: Option<syn::Error> = None;
+        let mut methods = Vec::new();
+        for (index, impl_item) in item.items.iter_mut().enumerate() {
+            let ImplItem::Fn(func) = impl_item else {
+                continue;
+            };
+            match parse_method(index, func) {
+                Ok(Some(method)) => methods.push(method),
+                Ok(None) => {}
+                Err(err) => match &mut errors {
+                    Some(all) => all.combine(err),
+                    None => errors = Some(err),
+                },
+            }
+        }
+        if let Some(err) = errors {
+            return Err(err);
+        }
+        Ok(Service {
+            item,
+            ty_ident,
+            name,
+            name_span,
+            methods,
+        })
+    }
+}
+
+/// Takes the farine attributes off `func` (so they are not expanded on their own) and records them.
+fn parse_method(index: usize, func: &mut syn::ImplItemFn) -> syn::Result<Option<Method>> {
+    let mut entries = Vec::new();
+    let mut publishes = Vec::new();
+    let mut kept = Vec::new();
+    for attr in std::mem::take(&mut func.attrs) {
+        match classify(&attr) {
+            Some(FarineAttr::Entry(kind)) => {
+                let schema = match kind {
+                    EntryKind::Consume => attr::CONSUME,
+                    EntryKind::Rpc => attr::RPC,
+                    EntryKind::Stream => attr::STREAM,
+                    EntryKind::Execute => attr::EXECUTE,
+                };
+                let args = Args::of_attribute(kind.shown(), schema, &attr)?;
+                entries.push(Entry { kind, attr, args });
+            }
+            Some(FarineAttr::Publish) => {
+                let args = Args::of_attribute("amqp::publish", attr::PUBLISH, &attr)?;
+                publishes.push((attr, args));
+            }
+            None => kept.push(attr),
+        }
+    }
+    func.attrs = kept;
+    if entries.is_empty() && publishes.is_empty() {
+        return Ok(None);
+    }
+    let params = func
+        .sig
+        .inputs
+        .iter()
+        .filter_map(|input| match input {
+            FnArg::Typed(typed) => Some(Param {
+                pat: typed.pat.clone(),
+                ty: typed.ty.clone(),
+                injected: injected(&typed.ty),
+            }),
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
+    Ok(Some(Method {
+        index,
+        sig: func.sig.clone(),
+        entries,
+        publishes,
+        params,
+    }))
+}

@@ -1,0 +1,202 @@
+//! The consume entry point: declares its exchange, queue and failure queues, then runs the
+//! method for each delivery, concurrently up to the entry point's prefetch, and acks only
+//! after the method returned `Ok` (or after a failed message was safely re-queued elsewhere).
+
+use crate::broker::{Broker, QueueOptions};
+use crate::config::{ExchangeKind, ServiceConfig};
+use crate::registry::{ConsumeEntry, Outcome};
+use crate::retry::{self, RetryPolicy};
+use crate::{Error, Result};
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions};
+use lapin::types::FieldTable;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// A consume entry point that is declared and attached to its queue.
+pub(crate) struct Attached {
+    label: String,
+    queue: String,
+    tag: String,
+    channel: lapin::Channel,
+    consumer: lapin::Consumer,
+    shared: Arc<Shared>,
+}
+
+/// What every delivery task of one entry point needs.
+struct Shared {
+    entry: ConsumeEntry,
+    broker: Arc<Broker>,
+    queue: String,
+    policy: RetryPolicy,
+    max_message_bytes: usize,
+}
+
+/// Declares the topology of `entry` and starts consuming.
+pub(crate) async fn attach(
+    service: &str,
+    entry: ConsumeEntry,
+    broker: Arc<Broker>,
+    settings: &ServiceConfig,
+) -> Result<Attached> {
+    let spec = &entry.spec;
+    let label = format!("{service}.{}", spec.method);
+    let queue = spec.queue.unwrap_or(spec.routing_key).to_string();
+    let prefetch = spec.concurrency.unwrap_or(settings.concurrency);
+    let kind = match spec.exchange_type {
+        Some(kind) => kind
+            .parse::<ExchangeKind>()
+            .map_err(|message| Error::Runtime(format!("{label}: exchange_type: {message}")))?,
+        // The service's own exchange follows its section's `type`; others default to direct.
+        None if spec.exchange == service => settings.exchange_type,
+        None => ExchangeKind::Direct,
+    };
+    let channel = broker.consume_channel(prefetch).await?;
+    if settings.auto_declare {
+        broker
+            .declare_exchange(spec.exchange, kind, settings.durable, settings.auto_delete)
+            .await?;
+        let options = QueueOptions {
+            durable: settings.durable,
+            exclusive: settings.exclusive,
+            auto_delete: settings.auto_delete,
+            arguments: FieldTable::default(),
+        };
+        Broker::declare_queue(
+            &channel,
+            &queue,
+            &options,
+            Some((spec.exchange, spec.routing_key)),
+        )
+        .await?;
+    }
+    let policy = RetryPolicy::from_settings(settings);
+    retry::declare(&channel, &queue, &policy).await?;
+    let tag = format!("farine.{label}.{}", uuid::Uuid::new_v4().simple());
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(Error::amqp(format!("{label}: consuming queue {queue:?}")))?;
+    tracing::info!(entry_point = %label, queue = %queue, exchange = spec.exchange, routing_key = spec.routing_key, prefetch, "consumer attached");
+    let shared = Arc::new(Shared {
+        entry,
+        broker,
+        queue: queue.clone(),
+        policy,
+        max_message_bytes: settings.max_message_bytes,
+    });
+    Ok(Attached {
+        label,
+        queue,
+        tag,
+        channel,
+        consumer,
+        shared,
+    })
+}
+
+impl Attached {
+    /// Handles deliveries until `shutdown`, then stops taking new ones and lets the
+    /// in-flight ones finish within `grace`. Returns an error if the broker ended the
+    /// consumer (connection lost, queue deleted).
+    pub(crate) async fn run(mut self, shutdown: CancellationToken, grace: Duration) -> Result<()> {
+        let mut tasks = JoinSet::new();
+        let ended = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break None,
+                next = self.consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        tasks.spawn(handle(self.shared.clone(), delivery));
+                    }
+                    Some(Err(err)) => break Some(format!("the consumer failed: {err}")),
+                    None => break Some("the broker ended the consumer".to_string()),
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        };
+        if ended.is_none() {
+            let _ = self
+                .channel
+                .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+        }
+        let in_flight = tasks.len();
+        if in_flight > 0 {
+            tracing::info!(entry_point = %self.label, in_flight, "waiting for in-flight messages");
+        }
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(entry_point = %self.label, left = tasks.len(), "grace period over: unfinished messages go back to the queue");
+            tasks.abort_all();
+        }
+        match ended {
+            Some(reason) => Err(Error::Runtime(format!(
+                "{} (queue {:?}): {reason}",
+                self.label, self.queue
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs the handler for one delivery and settles it with the broker.
+async fn handle(shared: Arc<Shared>, delivery: Delivery) {
+    let queue = shared.queue.as_str();
+    let outcome = if delivery.data.len() > shared.max_message_bytes {
+        Outcome::Poison(format!(
+            "message of {} bytes is over max_message_bytes = {}",
+            delivery.data.len(),
+            shared.max_message_bytes
+        ))
+    } else {
+        (shared.entry.handler)(&delivery.data).await
+    };
+    let settled = match &outcome {
+        Outcome::Done => Ok(()),
+        Outcome::Failed(reason) => {
+            retry::retry_or_dead_letter(&shared.broker, queue, &delivery, reason, &shared.policy)
+                .await
+        }
+        Outcome::Poison(reason) => {
+            tracing::warn!(
+                queue,
+                delivery_tag = delivery.delivery_tag,
+                "undecodable message: {reason}"
+            );
+            retry::dead_letter(&shared.broker, queue, &delivery, reason, 1).await
+        }
+    };
+    let acked = match settled {
+        Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+        Err(err) => {
+            // Keep the message: back to the queue rather than lost.
+            tracing::error!(
+                queue,
+                delivery_tag = delivery.delivery_tag,
+                "could not retry or dead-letter the message, requeueing it: {err}"
+            );
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    if let Err(err) = acked {
+        tracing::warn!(
+            queue,
+            delivery_tag = delivery.delivery_tag,
+            "could not settle the message (it will be redelivered): {err}"
+        );
+    }
+}

@@ -1,0 +1,123 @@
+use crate::context;
+use crate::{Error, Result};
+use lapin::BasicProperties;
+use serde::Serialize;
+use std::borrow::Cow;
+
+/// Sends JSON messages to one exchange with a routing key, with publisher confirms.
+///
+/// A method marked `#[amqp::publish(exchange = "...", routing_key = "...")]` receives one as
+/// a parameter; the runtime supplies it, so callers of the method do not pass it:
+///
+/// ```no_run
+/// use farine::prelude::*;
+///
+/// #[derive(Default)]
+/// pub struct Shop;
+///
+/// #[farine::service]
+/// impl Shop {
+///     #[amqp::publish(exchange = "orders", routing_key = "created")]
+///     pub async fn created(&self, publish: Publisher, id: i64) -> farine::Result<()> {
+///         publish.send(&serde_json::json!({ "id": id })).await
+///     }
+/// }
+///
+/// # async fn demo() -> farine::Result<()> {
+/// Shop.created(42).await?; // publishes {"id": 42} to exchange "orders", key "created"
+/// # Ok(()) }
+/// ```
+///
+/// `send` returns once the broker confirmed the message. It fails if the broker refused it
+/// or, because messages are published as mandatory, if no queue is bound to receive it;
+/// use [`Publisher::mandatory`]`(false)` for broadcasts that may have no listener.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    service: Cow<'static, str>,
+    exchange: Cow<'static, str>,
+    routing_key: Cow<'static, str>,
+    mandatory: bool,
+}
+
+impl Publisher {
+    /// A publisher of `service` (whose config section gives the broker, delivery mode and
+    /// exchange settings) to `exchange` with `routing_key`.
+    pub fn new(
+        service: impl Into<Cow<'static, str>>,
+        exchange: impl Into<Cow<'static, str>>,
+        routing_key: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Publisher {
+            service: service.into(),
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            mandatory: true,
+        }
+    }
+
+    #[doc(hidden)]
+    pub fn __declared(
+        service: &'static str,
+        exchange: &'static str,
+        routing_key: &'static str,
+    ) -> Self {
+        Publisher::new(service, exchange, routing_key)
+    }
+
+    /// Whether a message no queue receives is an error (the default) or dropped by the broker.
+    pub fn mandatory(mut self, mandatory: bool) -> Self {
+        self.mandatory = mandatory;
+        self
+    }
+
+    pub fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
+    pub fn routing_key(&self) -> &str {
+        &self.routing_key
+    }
+
+    /// Publishes `message` as JSON with the publisher's routing key.
+    pub async fn send<T: Serialize + ?Sized>(&self, message: &T) -> Result<()> {
+        self.send_to(&self.routing_key, message).await
+    }
+
+    /// Publishes `message` as JSON with another routing key.
+    pub async fn send_to<T: Serialize + ?Sized>(
+        &self,
+        routing_key: &str,
+        message: &T,
+    ) -> Result<()> {
+        let body = serde_json::to_vec(message).map_err(Error::json(format!(
+            "encoding a message for exchange {:?}",
+            self.exchange
+        )))?;
+        let context = context::service(&self.service).await?;
+        let settings = &context.settings;
+        if settings.auto_declare {
+            context
+                .broker
+                .declare_exchange(
+                    &self.exchange,
+                    settings.exchange_type,
+                    settings.durable,
+                    settings.auto_delete,
+                )
+                .await?;
+        }
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(settings.delivery_mode);
+        context
+            .broker
+            .publish(
+                &self.exchange,
+                routing_key,
+                &body,
+                properties,
+                self.mandatory,
+            )
+            .await
+    }
+}

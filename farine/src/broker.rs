@@ -1,0 +1,293 @@
+//! The connection to RabbitMQ: one connection for consuming and one for publishing per
+//! process (per broker URI), a confirm-mode channel shared by every publisher, topology
+//! declaration, and confirmed publishing where a nack or a returned message is an error.
+
+use crate::config::{AmqpUri, ExchangeKind};
+use crate::{Error, Result};
+use lapin::options::{
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How a queue is declared.
+#[derive(Clone, Debug, Default)]
+pub struct QueueOptions {
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+/// Both connections to one broker, and the publishing channel.
+pub struct Broker {
+    uri: AmqpUri,
+    consume: Connection,
+    publish: Connection,
+    publish_channel: Channel,
+    /// Exchanges already declared by this process, so each is declared once.
+    declared: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("uri", &self.uri).finish()
+    }
+}
+
+type BrokerCache = tokio::sync::Mutex<HashMap<String, Arc<Broker>>>;
+
+fn cache() -> &'static BrokerCache {
+    static CACHE: std::sync::OnceLock<BrokerCache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+impl Broker {
+    /// The process's broker for `uri`, connected on first use and shared afterwards.
+    pub async fn shared(uri: &AmqpUri, heartbeat: u16) -> Result<Arc<Broker>> {
+        let mut brokers = cache().lock().await;
+        if let Some(broker) = brokers.get(uri.expose()) {
+            if broker.is_connected() {
+                return Ok(broker.clone());
+            }
+        }
+        let broker = Arc::new(Broker::connect(uri, heartbeat).await?);
+        brokers.insert(uri.expose().to_string(), broker.clone());
+        Ok(broker)
+    }
+
+    /// Opens the two connections. `heartbeat` is in seconds (0 disables).
+    pub async fn connect(uri: &AmqpUri, heartbeat: u16) -> Result<Broker> {
+        let mut parsed: lapin::uri::AMQPUri = uri.expose().parse().map_err(|message: String| {
+            Error::Runtime(format!("amqp_uri {uri} is not a valid AMQP URI: {message}"))
+        })?;
+        parsed.query.heartbeat = Some(heartbeat);
+        if parsed.query.connection_timeout.is_none() {
+            parsed.query.connection_timeout = Some(10_000);
+        }
+        let name = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "farine".into());
+        let open = |role: &str| {
+            let properties = ConnectionProperties::default()
+                .with_connection_name(format!("{name} ({role}, farine)").into());
+            Connection::connect_uri(parsed.clone(), properties)
+        };
+        let context = || format!("connecting to {uri}");
+        let consume = open("consume").await.map_err(Error::amqp(context()))?;
+        let publish = open("publish").await.map_err(Error::amqp(context()))?;
+        let publish_channel = publish
+            .create_channel()
+            .await
+            .map_err(Error::amqp("opening the publishing channel"))?;
+        publish_channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(Error::amqp("enabling publisher confirms"))?;
+        Ok(Broker {
+            uri: uri.clone(),
+            consume,
+            publish,
+            publish_channel,
+            declared: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The URI, with its password hidden when displayed.
+    pub fn uri(&self) -> &AmqpUri {
+        &self.uri
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.consume.status().connected()
+            && self.publish.status().connected()
+            && self.publish_channel.status().connected()
+    }
+
+    /// A new channel on the consuming connection with `prefetch` unacked deliveries at most.
+    pub async fn consume_channel(&self, prefetch: u16) -> Result<Channel> {
+        let channel = self
+            .consume
+            .create_channel()
+            .await
+            .map_err(Error::amqp("opening a consuming channel"))?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(Error::amqp(format!("setting prefetch {prefetch}")))?;
+        Ok(channel)
+    }
+
+    /// A short-lived channel for declarations whose failure (for example an exchange that
+    /// exists with another type) must not close a channel that carries traffic.
+    async fn declare_channel(&self) -> Result<Channel> {
+        self.publish
+            .create_channel()
+            .await
+            .map_err(Error::amqp("opening a declaration channel"))
+    }
+
+    /// Declares `exchange` once per process. An exchange that already exists with other
+    /// settings is used as it is, with a warning: publishing to it still works.
+    pub async fn declare_exchange(
+        &self,
+        exchange: &str,
+        kind: ExchangeKind,
+        durable: bool,
+        auto_delete: bool,
+    ) -> Result<()> {
+        if exchange.is_empty() || self.is_declared(exchange) {
+            return Ok(());
+        }
+        let channel = self.declare_channel().await?;
+        let options = ExchangeDeclareOptions {
+            durable,
+            auto_delete,
+            ..Default::default()
+        };
+        let result = channel
+            .exchange_declare(exchange.into(), kind.into(), options, FieldTable::default())
+            .await;
+        match result {
+            Ok(()) => {
+                let _ = channel.close(200, "OK".into()).await;
+            }
+            Err(err) if is_precondition_failed(&err) => {
+                tracing::warn!(
+                    exchange,
+                    kind = kind.as_str(),
+                    durable,
+                    "exchange exists with other settings; using it as it is: {err}"
+                );
+            }
+            Err(err) => {
+                return Err(Error::Amqp {
+                    context: format!("declaring exchange {exchange:?} ({})", kind.as_str()),
+                    source: err,
+                })
+            }
+        }
+        self.declared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(exchange.to_string());
+        Ok(())
+    }
+
+    fn is_declared(&self, exchange: &str) -> bool {
+        self.declared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(exchange)
+    }
+
+    /// Declares `queue` on `channel` (and binds it to `exchange` with `routing_key` when an
+    /// exchange is given).
+    pub async fn declare_queue(
+        channel: &Channel,
+        queue: &str,
+        options: &QueueOptions,
+        bind: Option<(&str, &str)>,
+    ) -> Result<()> {
+        let declare = QueueDeclareOptions {
+            durable: options.durable,
+            exclusive: options.exclusive,
+            auto_delete: options.auto_delete,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(queue.into(), declare, options.arguments.clone())
+            .await
+            .map_err(Error::amqp(format!("declaring queue {queue:?}")))?;
+        if let Some((exchange, routing_key)) = bind {
+            channel
+                .queue_bind(
+                    queue.into(),
+                    exchange.into(),
+                    routing_key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(Error::amqp(format!(
+                    "binding queue {queue:?} to exchange {exchange:?} with routing key {routing_key:?}"
+                )))?;
+        }
+        Ok(())
+    }
+
+    /// Publishes and waits for the broker's confirm. With `mandatory`, a message no queue
+    /// receives is an [`Error::Unroutable`]; a broker nack is an [`Error::Nacked`].
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<()> {
+        let context =
+            || format!("publishing to exchange {exchange:?} with routing key {routing_key:?}");
+        let confirm = self
+            .publish_channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory,
+                    ..Default::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .map_err(Error::amqp(context()))?
+            .await
+            .map_err(Error::amqp(context()))?;
+        match confirm {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(Error::Unroutable {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+            }),
+            Confirmation::Nack(_) => Err(Error::Nacked {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+            }),
+        }
+    }
+
+    /// Closes both connections; unacked deliveries go back to their queues.
+    pub async fn close(&self) {
+        let _ = self.consume.close(200, "farine shutdown".into()).await;
+        let _ = self.publish.close(200, "farine shutdown".into()).await;
+    }
+
+    /// Waits (up to `within`) for both connections to close, used after `close`.
+    pub async fn closed(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.consume.status().connected() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn is_precondition_failed(err: &lapin::Error) -> bool {
+    err.to_string().contains("PRECONDITION_FAILED")
+}
+
+impl From<ExchangeKind> for lapin::ExchangeKind {
+    fn from(kind: ExchangeKind) -> Self {
+        match kind {
+            ExchangeKind::Direct => lapin::ExchangeKind::Direct,
+            ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+            ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
+            ExchangeKind::Headers => lapin::ExchangeKind::Headers,
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! # farine
+//!
+//! Message-driven services on RabbitMQ. Annotate the methods of a service's `impl` block and
+//! the runtime wires each to its source:
+//!
+//! ```no_run
+//! use farine::prelude::*;
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize)]
+//! pub struct Order {
+//!     pub id: i64,
+//! }
+//!
+//! #[derive(Default)]
+//! pub struct Shop;
+//!
+//! #[farine::service] // service "shop": exchange "shop", config section [shop]
+//! impl Shop {
+//!     /// Runs for every message on exchange "orders" with routing key "created".
+//!     #[amqp::consume(exchange = "orders", routing_key = "created")]
+//!     async fn on_created(&self, order: Order) -> farine::Result<()> {
+//!         farine::tracing::info!(order = order.id, "new order");
+//!         Ok(())
+//!     }
+//!
+//!     /// Callers write `shop.notify(7).await`: the publisher is supplied by farine.
+//!     #[amqp::publish(exchange = "orders", routing_key = "created")]
+//!     pub async fn notify(&self, publish: Publisher, id: i64) -> farine::Result<()> {
+//!         publish.send(&serde_json::json!({ "id": id })).await
+//!     }
+//! }
+//!
+//! farine::main!();
+//! ```
+//!
+//! The binary runs every service it holds, configured by the INI file named by `FARINE_INI`
+//! (default `/etc/farine.ini`); `farine --start shop` builds and runs it.
+
+pub mod amqp;
+pub mod broker;
+pub mod config;
+mod context;
+mod error;
+pub mod registry;
+mod retry;
+pub mod runtime;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use farine_macros::service;
+pub use runtime::{run, Running, Runtime};
+
+pub use amqp::Publisher;
+/// Re-exported so service crates can log and handle JSON without adding the crates.
+pub use serde_json;
+pub use tracing;
+
+/// `#[rpc::method]`: a method callable over AMQP.
+pub mod rpc {
+    pub use farine_macros::rpc_method as method;
+}
+
+/// `#[stream::http]`: a Server-Sent-Events listener.
+pub mod stream {
+    pub use farine_macros::stream_http as http;
+}
+
+/// `#[execute::method]`: a supervised long-running loop.
+pub mod execute {
+    pub use farine_macros::execute_method as method;
+}
+
+/// What a service module needs: `use farine::prelude::*;`.
+pub mod prelude {
+    pub use crate::amqp::{self, Publisher};
+    pub use crate::{execute, rpc, stream};
+    pub use futures::{Stream, StreamExt};
+}
+
+/// The `main` of a service binary: runs every service compiled in.
+///
+/// In a binary crate that defines its services itself:
+///
+/// ```ignore
+/// farine::main!();
+/// ```
+///
+/// When the services live in library crates, name them so they are linked in:
+///
+/// ```ignore
+/// farine::main!(calc);
+/// ```
+#[macro_export]
+macro_rules! main {
+    () => {
+        fn main() -> ::std::process::ExitCode {
+            $crate::run()
+        }
+    };
+    ($($krate:ident),+ $(,)?) => {
+        $(#[allow(unused_imports)] use $krate as _;)+
+        fn main() -> ::std::process::ExitCode {
+            $crate::run()
+        }
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::registry::{
+        consume_handler, ConsumeSpec, PublishSpec, ServiceDef, ServiceRegistration,
+    };
+    pub use inventory;
+}

@@ -1,0 +1,157 @@
+//! What the macros register at link time: each service's name and a function that builds
+//! its entry points around one shared instance. The runtime reads these; nothing else does.
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::sync::Arc;
+
+/// One `#[farine::service]`, collected with `inventory`.
+pub struct ServiceRegistration {
+    pub name: &'static str,
+    pub build: fn() -> ServiceDef,
+}
+
+inventory::collect!(ServiceRegistration);
+
+/// Every service compiled into this binary, in name order.
+pub fn services() -> Vec<&'static ServiceRegistration> {
+    let mut all: Vec<_> = inventory::iter::<ServiceRegistration>().collect();
+    all.sort_by_key(|s| s.name);
+    all
+}
+
+/// A service's entry points, built around one instance of the service.
+pub struct ServiceDef {
+    pub name: &'static str,
+    pub consumers: Vec<ConsumeEntry>,
+    pub publishers: Vec<PublishSpec>,
+    /// Entry points of kinds this runtime does not run yet: `(attribute, method)`.
+    pub pending: Vec<(&'static str, &'static str)>,
+}
+
+impl ServiceDef {
+    pub fn new(name: &'static str) -> Self {
+        ServiceDef {
+            name,
+            consumers: Vec::new(),
+            publishers: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn consume(&mut self, spec: ConsumeSpec, handler: ConsumeHandler) {
+        self.consumers.push(ConsumeEntry { spec, handler });
+    }
+
+    pub fn publish(&mut self, spec: PublishSpec) {
+        self.publishers.push(spec);
+    }
+
+    pub fn pending(&mut self, attribute: &'static str, method: &'static str) {
+        self.pending.push((attribute, method));
+    }
+}
+
+/// `#[amqp::consume(...)]` as written, defaults already applied by the macro where known.
+#[derive(Clone, Debug)]
+pub struct ConsumeSpec {
+    pub method: &'static str,
+    pub exchange: &'static str,
+    pub routing_key: &'static str,
+    pub exchange_type: Option<&'static str>,
+    pub queue: Option<&'static str>,
+    pub concurrency: Option<u16>,
+}
+
+/// `#[amqp::publish(...)]`: where a method's publisher sends.
+#[derive(Clone, Debug)]
+pub struct PublishSpec {
+    pub method: &'static str,
+    pub exchange: &'static str,
+    pub routing_key: &'static str,
+}
+
+pub struct ConsumeEntry {
+    pub spec: ConsumeSpec,
+    pub handler: ConsumeHandler,
+}
+
+/// How one delivery ended, as the entry point must act on it.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Handled: ack.
+    Done,
+    /// The handler failed (error or panic): retry per policy, then dead-letter.
+    Failed(String),
+    /// The message can never be handled (bad JSON, wrong shape): dead-letter at once.
+    Poison(String),
+}
+
+/// Runs the user's method on a raw body.
+pub type ConsumeHandler = Arc<dyn Fn(&[u8]) -> BoxFuture<'static, Outcome> + Send + Sync>;
+
+/// What a handler may return: `()` or any `Result` whose error can be displayed.
+pub trait HandlerResult {
+    fn into_outcome(self) -> Outcome;
+}
+
+impl HandlerResult for () {
+    fn into_outcome(self) -> Outcome {
+        Outcome::Done
+    }
+}
+
+impl<T, E: std::fmt::Display> HandlerResult for Result<T, E> {
+    fn into_outcome(self) -> Outcome {
+        match self {
+            Ok(_) => Outcome::Done,
+            Err(err) => Outcome::Failed(err.to_string()),
+        }
+    }
+}
+
+/// Builds the handler of a consume entry point: decode the body as `T`, call the method,
+/// and turn a panic into a failure instead of a dead task.
+pub fn consume_handler<S, T, F, Fut>(service: Arc<S>, method: F) -> ConsumeHandler
+where
+    S: Send + Sync + 'static,
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(Arc<S>, T) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: HandlerResult,
+{
+    Arc::new(move |body: &[u8]| {
+        // Decoding is synchronous: only the method's own future runs in the task.
+        let value: T = match serde_json::from_slice(body) {
+            Ok(value) => value,
+            Err(err) => {
+                let reason = format!(
+                    "body does not decode as {}: {err}",
+                    std::any::type_name::<T>()
+                );
+                return futures::future::ready(Outcome::Poison(reason)).boxed();
+            }
+        };
+        let call = std::panic::AssertUnwindSafe(method(service.clone(), value)).catch_unwind();
+        async move {
+            match call.await {
+                Ok(result) => result.into_outcome(),
+                Err(panic) => Outcome::Failed(format!("handler panicked: {}", panic_text(&panic))),
+            }
+        }
+        .boxed()
+    })
+}
+
+/// The message of a panic payload.
+pub fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}

@@ -1,0 +1,213 @@
+//! What happens to a message that failed: retried through delay queues, then parked in a
+//! dead-letter queue with headers that say why.
+//!
+//! Topology, per consumed queue `q` (all durable, declared at start-up):
+//! - `q.retry.<ms>ms`: one queue per distinct backoff step, with `x-message-ttl` and
+//!   dead-lettering back to `q` through the default exchange. Equal TTLs in one queue keep it
+//!   FIFO, so a retry never waits behind a longer one, and a retry survives a restart.
+//! - `q.dlq`: where a message lands after its last attempt, or at once when it can never be
+//!   handled (not JSON, wrong shape, too big).
+//!
+//! The main queue gets no arguments, so it stays compatible with peers (Python farine) that
+//! declare it plainly. A failed message is acked only after its copy was confirmed.
+
+use crate::broker::{Broker, QueueOptions};
+use crate::config::ServiceConfig;
+use crate::Result;
+use lapin::message::Delivery;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel};
+use std::time::Duration;
+
+pub(crate) const ATTEMPTS: &str = "x-farine-attempts";
+pub(crate) const ERROR: &str = "x-farine-error";
+pub(crate) const ORIGINAL_EXCHANGE: &str = "x-farine-original-exchange";
+pub(crate) const ORIGINAL_ROUTING_KEY: &str = "x-farine-original-routing-key";
+pub(crate) const QUEUE: &str = "x-farine-queue";
+pub(crate) const FAILED_AT: &str = "x-farine-failed-at";
+
+/// Retries after the first failure, with a doubling delay capped at `max_delay`.
+#[derive(Clone, Debug)]
+pub(crate) struct RetryPolicy {
+    pub attempts: u32,
+    pub delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    pub fn from_settings(settings: &ServiceConfig) -> Self {
+        RetryPolicy {
+            attempts: settings.retry_attempts,
+            delay: settings.retry_delay,
+            max_delay: settings.retry_max_delay,
+        }
+    }
+
+    /// Delay before retry number `retry` (0-based).
+    fn delay_ms(&self, retry: u32) -> u64 {
+        let base = self.delay.as_millis().max(1) as u64;
+        let max = self.max_delay.as_millis().max(1) as u64;
+        base.saturating_mul(1u64 << retry.min(32)).min(max)
+    }
+
+    fn steps(&self) -> Vec<u64> {
+        let mut steps: Vec<u64> = (0..self.attempts).map(|r| self.delay_ms(r)).collect();
+        steps.dedup();
+        steps
+    }
+}
+
+pub(crate) fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dlq")
+}
+
+fn retry_queue(queue: &str, delay_ms: u64) -> String {
+    format!("{queue}.retry.{delay_ms}ms")
+}
+
+/// Declares the dead-letter queue and the delay queues of `queue`.
+pub(crate) async fn declare(channel: &Channel, queue: &str, policy: &RetryPolicy) -> Result<()> {
+    let durable = QueueOptions {
+        durable: true,
+        ..Default::default()
+    };
+    Broker::declare_queue(channel, &dead_letter_queue(queue), &durable, None).await?;
+    for delay_ms in policy.steps() {
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(delay_ms as i64),
+        );
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        arguments.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(queue.into()),
+        );
+        let options = QueueOptions {
+            durable: true,
+            arguments,
+            ..Default::default()
+        };
+        Broker::declare_queue(channel, &retry_queue(queue, delay_ms), &options, None).await?;
+    }
+    Ok(())
+}
+
+/// How many times this message was already retried.
+pub(crate) fn attempts(properties: &BasicProperties) -> u32 {
+    header(properties, ATTEMPTS)
+        .and_then(|value| match value {
+            AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::LongUInt(n) => Some(*n),
+            AMQPValue::ShortInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::ShortUInt(n) => Some(u32::from(*n)),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+fn header<'a>(properties: &'a BasicProperties, key: &str) -> Option<&'a AMQPValue> {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(key))
+}
+
+fn header_text(properties: &BasicProperties, key: &str) -> Option<String> {
+    match header(properties, key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// Copies the delivery's properties with farine's headers set; the original exchange and
+/// routing key are kept from the first failure on.
+fn annotated(delivery: &Delivery, queue: &str, extra: &[(&str, AMQPValue)]) -> BasicProperties {
+    let properties = &delivery.properties;
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    if header_text(properties, ORIGINAL_EXCHANGE).is_none() {
+        headers.insert(
+            ORIGINAL_EXCHANGE.into(),
+            AMQPValue::LongString(delivery.exchange.as_str().into()),
+        );
+        headers.insert(
+            ORIGINAL_ROUTING_KEY.into(),
+            AMQPValue::LongString(delivery.routing_key.as_str().into()),
+        );
+    }
+    headers.insert(QUEUE.into(), AMQPValue::LongString(queue.into()));
+    for (key, value) in extra {
+        headers.insert(ShortString::from(*key), value.clone());
+    }
+    properties.clone().with_headers(headers)
+}
+
+/// Schedules a retry of a failed delivery, or dead-letters it after its last attempt.
+/// Returns once the copy is confirmed by the broker, so the caller may then ack.
+pub(crate) async fn retry_or_dead_letter(
+    broker: &Broker,
+    queue: &str,
+    delivery: &Delivery,
+    reason: &str,
+    policy: &RetryPolicy,
+) -> Result<()> {
+    let done = attempts(&delivery.properties);
+    if done >= policy.attempts {
+        return dead_letter(broker, queue, delivery, reason, done + 1).await;
+    }
+    let delay_ms = policy.delay_ms(done);
+    tracing::warn!(
+        queue,
+        delivery_tag = delivery.delivery_tag,
+        attempt = done + 1,
+        retry_in_ms = delay_ms,
+        "handler failed: {reason}"
+    );
+    let properties = annotated(
+        delivery,
+        queue,
+        &[
+            (ATTEMPTS, AMQPValue::LongLongInt(i64::from(done + 1))),
+            (ERROR, AMQPValue::LongString(LongString::from(reason))),
+        ],
+    );
+    broker
+        .publish(
+            "",
+            &retry_queue(queue, delay_ms),
+            &delivery.data,
+            properties,
+            true,
+        )
+        .await
+}
+
+/// Parks a delivery in `<queue>.dlq` with why, how many attempts, where it came from and when.
+pub(crate) async fn dead_letter(
+    broker: &Broker,
+    queue: &str,
+    delivery: &Delivery,
+    reason: &str,
+    attempts: u32,
+) -> Result<()> {
+    let dlq = dead_letter_queue(queue);
+    tracing::error!(queue, delivery_tag = delivery.delivery_tag, attempts, dead_letter_queue = %dlq, "message dead-lettered: {reason}");
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let properties = annotated(
+        delivery,
+        queue,
+        &[
+            (ATTEMPTS, AMQPValue::LongLongInt(i64::from(attempts))),
+            (ERROR, AMQPValue::LongString(LongString::from(reason))),
+            (FAILED_AT, AMQPValue::LongString(LongString::from(now))),
+        ],
+    );
+    broker
+        .publish("", &dlq, &delivery.data, properties, true)
+        .await
+}

@@ -1,0 +1,306 @@
+//! The supervisor: starts the services compiled into the binary, attaches every entry point,
+//! and on SIGINT/SIGTERM stops consuming, lets in-flight work finish within the grace period,
+//! then closes the connections. A second signal exits at once.
+
+use crate::amqp::consumer;
+use crate::broker::Broker;
+use crate::config::{Config, ServiceConfig};
+use crate::context::{self, ServiceContext};
+use crate::registry::{self, ServiceRegistration};
+use crate::{Error, Result};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Starts services from a [`Config`]: the whole binary's (`farine::main!`) or a chosen few
+/// (tests, embedding).
+///
+/// ```no_run
+/// # async fn demo() -> farine::Result<()> {
+/// let config = farine::Config::from_env()?;
+/// let running = farine::Runtime::new(config).only(["calc"]).start().await?;
+/// // ... every entry point of `calc` is attached here ...
+/// running.shutdown().await?;
+/// # Ok(()) }
+/// ```
+pub struct Runtime {
+    config: Config,
+    only: Option<Vec<String>>,
+}
+
+/// Services that are started: stop them with [`Running::shutdown`].
+pub struct Running {
+    services: Vec<String>,
+    brokers: Vec<Arc<Broker>>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<Result<()>>,
+    grace: Duration,
+}
+
+impl Runtime {
+    pub fn new(config: Config) -> Self {
+        Runtime { config, only: None }
+    }
+
+    /// Starts only the services with these names (all compiled-in services otherwise).
+    pub fn only<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.only = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Reads and checks every service's settings, connects, declares the topology and
+    /// attaches every entry point; returns once all are attached.
+    pub async fn start(self) -> Result<Running> {
+        let registrations = self.selected()?;
+        // Check every section before touching the network: a bad value stops the start.
+        let mut chosen: Vec<(&ServiceRegistration, ServiceConfig)> = Vec::new();
+        for registration in registrations {
+            let settings = self.config.service(registration.name)?;
+            if settings.enabled {
+                chosen.push((registration, settings));
+            } else {
+                tracing::info!(service = registration.name, file = %self.config.path().display(), "service disabled (enabled = false): not started");
+            }
+        }
+        let shutdown = CancellationToken::new();
+        let mut running = Running {
+            services: Vec::new(),
+            brokers: Vec::new(),
+            shutdown: shutdown.clone(),
+            tasks: JoinSet::new(),
+            grace: Duration::ZERO,
+        };
+        for (registration, settings) in chosen {
+            let def = (registration.build)();
+            let broker = connect(&settings).await?;
+            let settings = Arc::new(settings);
+            context::register(
+                def.name,
+                Arc::new(ServiceContext {
+                    broker: broker.clone(),
+                    settings: settings.clone(),
+                }),
+            );
+            for (attribute, method) in &def.pending {
+                tracing::warn!(
+                    service = def.name,
+                    method,
+                    "#[{attribute}] entry points are not run by this version of farine yet"
+                );
+            }
+            for publisher in &def.publishers {
+                if settings.auto_declare {
+                    broker
+                        .declare_exchange(
+                            publisher.exchange,
+                            settings.exchange_type,
+                            settings.durable,
+                            settings.auto_delete,
+                        )
+                        .await?;
+                }
+            }
+            let mut attached = 0;
+            for entry in def.consumers {
+                let consumer = consumer::attach(def.name, entry, broker.clone(), &settings).await?;
+                running
+                    .tasks
+                    .spawn(consumer.run(shutdown.child_token(), settings.shutdown_grace));
+                attached += 1;
+            }
+            tracing::info!(service = def.name, broker = %settings.amqp_uri, consumers = attached, publishers = def.publishers.len(), "service ready");
+            running.grace = running.grace.max(settings.shutdown_grace);
+            running.services.push(def.name.to_string());
+            if !running.brokers.iter().any(|b| Arc::ptr_eq(b, &broker)) {
+                running.brokers.push(broker);
+            }
+        }
+        Ok(running)
+    }
+
+    fn selected(&self) -> Result<Vec<&'static ServiceRegistration>> {
+        let all = registry::services();
+        let Some(only) = &self.only else {
+            return Ok(all);
+        };
+        only.iter()
+            .map(|name| {
+                all.iter().copied().find(|r| r.name == name).ok_or_else(|| {
+                    let known: Vec<&str> = all.iter().map(|r| r.name).collect();
+                    Error::Runtime(format!(
+                        "no service named {name:?} in this binary (it has: {})",
+                        known.join(", ")
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+/// The shared broker connection, retried briefly at start-up so a broker that is still
+/// booting does not fail the start.
+async fn connect(settings: &ServiceConfig) -> Result<Arc<Broker>> {
+    let mut delay = Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match Broker::shared(&settings.amqp_uri, settings.heartbeat).await {
+            Ok(broker) => return Ok(broker),
+            Err(err) if attempt < 5 => {
+                tracing::warn!(service = %settings.name, attempt, retry_in = ?delay, "cannot reach the broker: {err}");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            Err(err) => {
+                return Err(Error::Runtime(format!(
+                    "service {}: cannot reach the broker at {} after {attempt} attempts: {err} (is RabbitMQ running? `rabbitmq-server -detached` starts it)",
+                    settings.name, settings.amqp_uri
+                )))
+            }
+        }
+    }
+}
+
+impl Running {
+    /// Names of the services started (disabled ones are not).
+    pub fn services(&self) -> &[String] {
+        &self.services
+    }
+
+    /// Waits until an entry point stops on its own, which only happens on failure (for
+    /// example the broker connection was lost); returns that failure.
+    pub async fn failed(&mut self) -> Error {
+        loop {
+            match self.tasks.join_next().await {
+                Some(Ok(Err(err))) => return err,
+                Some(Ok(Ok(()))) => continue,
+                Some(Err(join)) => {
+                    return Error::Runtime(format!("an entry point task failed: {join}"))
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// Stops consuming, waits for in-flight messages within the grace period, closes the
+    /// connections. Unfinished messages return to their queues.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.shutdown.cancel();
+        let bound = self.grace + Duration::from_secs(5);
+        let mut first_error = None;
+        let drained = tokio::time::timeout(bound, async {
+            while let Some(result) = self.tasks.join_next().await {
+                if let Ok(Err(err)) = result {
+                    first_error.get_or_insert(err);
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            self.tasks.abort_all();
+        }
+        for name in &self.services {
+            context::unregister(name);
+        }
+        for broker in &self.brokers {
+            broker.close().await;
+        }
+        tracing::info!(services = ?self.services, "stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Sets up logging: `RUST_LOG` if set, else `info`.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
+/// What `farine::main!()` runs: every service compiled into the binary, configured from
+/// `FARINE_INI`, until SIGINT or SIGTERM. Exit code 0 after a graceful stop.
+pub fn run() -> ExitCode {
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("farine: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            eprintln!("farine: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> Result<()> {
+    let config = Config::from_env()?;
+    if registry::services().is_empty() {
+        return Err(Error::Runtime(
+            "no #[farine::service] is compiled into this binary".into(),
+        ));
+    }
+    let mut running = Runtime::new(config).start().await?;
+    if running.services().is_empty() {
+        tracing::info!("every service is disabled: nothing to run");
+        return Ok(());
+    }
+    let stop = tokio::select! {
+        signal = shutdown_signal() => Ok(signal),
+        err = running.failed() => Err(err),
+    };
+    match stop {
+        Ok(signal) => {
+            tracing::info!("{signal}: shutting down (a second signal exits at once)");
+            tokio::spawn(async {
+                let again = shutdown_signal().await;
+                tracing::warn!("{again} again: exiting now");
+                std::process::exit(130);
+            });
+            running.shutdown().await
+        }
+        Err(err) => {
+            let _ = running.shutdown().await;
+            Err(err)
+        }
+    }
+}
+
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            },
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                "Ctrl-C"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}
