@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io::{self, BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::pin::pin;
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::task::Poll;
@@ -165,7 +165,12 @@ fn resolve(
         }
     }
 
-    let path = cwd.join(module);
+    // Drop `.` components so messages show /w/svc rather than /w/./svc.
+    let path: PathBuf = cwd
+        .join(module)
+        .components()
+        .filter(|part| *part != Component::CurDir)
+        .collect();
     let manifest = if path.is_dir() && path.join("Cargo.toml").is_file() {
         Some(path.join("Cargo.toml"))
     } else if path.is_file() && path.file_name().is_some_and(|n| n == "Cargo.toml") {

@@ -78,7 +78,18 @@ impl Runtime {
         };
         for (registration, settings) in chosen {
             let def = (registration.build)();
-            let broker = connect(&settings).await?;
+            let broker = match running
+                .brokers
+                .iter()
+                .find(|b| b.uri().expose() == settings.amqp_uri.expose())
+            {
+                Some(broker) => broker.clone(),
+                None => {
+                    let broker = connect(&settings).await?;
+                    running.brokers.push(broker.clone());
+                    broker
+                }
+            };
             let settings = Arc::new(settings);
             context::register(
                 def.name,
@@ -117,9 +128,6 @@ impl Runtime {
             tracing::info!(service = def.name, broker = %settings.amqp_uri, consumers = attached, publishers = def.publishers.len(), "service ready");
             running.grace = running.grace.max(settings.shutdown_grace);
             running.services.push(def.name.to_string());
-            if !running.brokers.iter().any(|b| Arc::ptr_eq(b, &broker)) {
-                running.brokers.push(broker);
-            }
         }
         Ok(running)
     }
@@ -143,14 +151,14 @@ impl Runtime {
     }
 }
 
-/// The shared broker connection, retried briefly at start-up so a broker that is still
-/// booting does not fail the start.
+/// This runtime's own connections (closing them at shutdown must not affect another runtime
+/// in the process), retried briefly so a broker that is still booting does not fail the start.
 async fn connect(settings: &ServiceConfig) -> Result<Arc<Broker>> {
     let mut delay = Duration::from_millis(500);
     let mut attempt = 1;
     loop {
-        match Broker::shared(&settings.amqp_uri, settings.heartbeat).await {
-            Ok(broker) => return Ok(broker),
+        match Broker::connect(&settings.amqp_uri, settings.heartbeat).await {
+            Ok(broker) => return Ok(Arc::new(broker)),
             Err(err) if attempt < 5 => {
                 tracing::warn!(service = %settings.name, attempt, retry_in = ?delay, "cannot reach the broker: {err}");
                 tokio::time::sleep(delay).await;

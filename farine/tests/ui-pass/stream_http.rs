@@ -1,0 +1,18 @@
+//! A Server-Sent-Events listener taking one event parameter.
+use farine::prelude::*;
+
+#[derive(Default)]
+pub struct Prices;
+
+#[farine::service]
+impl Prices {
+    #[stream::http]
+    pub async fn on_event(&self, event: serde_json::Value) -> farine::Result<()> {
+        let _ = event;
+        Ok(())
+    }
+}
+
+fn main() {
+    let _ = Prices::on_event;
+}

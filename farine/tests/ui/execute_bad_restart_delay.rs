@@ -1,0 +1,12 @@
+use farine::prelude::*;
+
+#[derive(Default)]
+pub struct Shop;
+
+#[farine::service]
+impl Shop {
+    #[execute::method(restart_delay = "5 seconds")]
+    async fn reconcile(&self) {}
+}
+
+fn main() {}

@@ -1,0 +1,11 @@
+use farine::prelude::*;
+
+pub struct Shop;
+
+#[farine::service]
+impl Shop {
+    #[amqp::consume]
+    async fn on_order(&self, order: String) {}
+}
+
+fn main() {}
