@@ -42,6 +42,8 @@ pub struct Entry {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Injected {
     Publisher,
+    /// `farine::Client` or a generated `<Service>Client`: any type named `...Client`.
+    Client,
 }
 
 pub struct Param {
@@ -100,8 +102,10 @@ fn classify(attr: &Attribute) -> Option<FarineAttr> {
 fn injected(ty: &Type) -> Option<Injected> {
     let Type::Path(path) = ty else { return None };
     let last = path.path.segments.last()?;
-    match last.ident.to_string().as_str() {
+    let name = last.ident.to_string();
+    match name.as_str() {
         "Publisher" => Some(Injected::Publisher),
+        _ if name.ends_with("Client") => Some(Injected::Client),
         _ => None,
     }
 }

@@ -13,10 +13,12 @@ pub fn service(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream
     valid::check(&service)?;
     inject_publishers(&mut service);
     let registration = registration(&service);
+    let client = client(&service);
     let item = &service.item;
     Ok(quote! {
         #item
         #registration
+        #client
     })
 }
 
@@ -102,6 +104,37 @@ fn registration(service: &Service) -> TokenStream {
     }
 }
 
+/// The arguments of the call to the user's method, in declaration order, and the statements
+/// that inject the runtime-supplied ones (inside an async block, with `__ctx` in scope).
+/// `on_error` turns a `farine::Error` into the block's early return value.
+fn call_arguments(method: &Method, on_error: &TokenStream) -> (Vec<TokenStream>, TokenStream) {
+    let mut arguments = Vec::new();
+    let mut injections = TokenStream::new();
+    let mut message_index = 0usize;
+    for (position, param) in method.params.iter().enumerate() {
+        match param.injected {
+            Some(Injected::Publisher) => {}
+            Some(Injected::Client) => {
+                let name = format_ident!("__farine_client_{}", position);
+                let ty = &param.ty;
+                injections.extend(quote! {
+                    let #name: #ty = match ::farine::__private::inject_client::<#ty>(&__ctx).await {
+                        ::core::result::Result::Ok(client) => client,
+                        ::core::result::Result::Err(err) => return #on_error,
+                    };
+                });
+                arguments.push(quote!(#name));
+            }
+            None => {
+                let name = format_ident!("__farine_arg_{}", message_index);
+                message_index += 1;
+                arguments.push(quote!(#name));
+            }
+        }
+    }
+    (arguments, injections)
+}
+
 fn entry_point(service: &Service, method: &Method) -> TokenStream {
     let ty = &service.item.self_ty;
     let ident = &method.sig.ident;
@@ -127,6 +160,15 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
         return out;
     };
     let args = &entry.args;
+    let concurrency = match args.int("concurrency") {
+        Some(lit) => quote!(::core::option::Option::Some(#lit)),
+        None => quote!(::core::option::Option::None),
+    };
+    let awaited = if method.sig.asyncness.is_some() {
+        quote!(.await)
+    } else {
+        quote!()
+    };
     match entry.kind {
         EntryKind::Consume => {
             let exchange = args
@@ -137,20 +179,21 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
                 .map_or(service.name.clone(), |l| l.value());
             let exchange_type = opt_str(args.str("exchange_type").map(|l| l.value()));
             let queue = opt_str(args.str("queue").map(|l| l.value()));
-            let concurrency = match args.int("concurrency") {
-                Some(lit) => quote!(::core::option::Option::Some(#lit)),
-                None => quote!(::core::option::Option::None),
-            };
             let body_ty = method
                 .message_params()
                 .next()
                 .map(|p| p.ty.clone())
                 .expect("validated: one body parameter");
+            let on_error = quote!(::farine::__private::Outcome::Failed(err.to_string()));
+            let (arguments, injections) = call_arguments(method, &on_error);
             // Spanned on the method so that a non-Send future is reported there.
             let handler = quote_spanned! {span=>
                 ::farine::__private::consume_handler(
                     ::std::sync::Arc::clone(&svc),
-                    |svc: ::std::sync::Arc<#ty>, body: #body_ty| async move { svc.#ident(body).await },
+                    |svc: ::std::sync::Arc<#ty>, __ctx: ::std::sync::Arc<::farine::context::ServiceContext>, __farine_arg_0: #body_ty| async move {
+                        #injections
+                        ::farine::__private::HandlerResult::into_outcome(svc.#ident(#(#arguments),*).await)
+                    },
                 )
             };
             out.extend(quote! {
@@ -167,7 +210,77 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
                 );
             });
         }
-        EntryKind::Rpc | EntryKind::Stream | EntryKind::Execute => {
+        EntryKind::Rpc => {
+            let broadcast = opt_str(args.str("broadcast").map(|l| l.value()));
+            let streaming = valid::returns_stream(&method.sig.output);
+            let message: Vec<_> = method.message_params().collect();
+            let count = message.len();
+            let bindings = message.iter().enumerate().map(|(index, param)| {
+                let name = format_ident!("__farine_arg_{}", index);
+                let ty = &param.ty;
+                let param_name = match &*param.pat {
+                    syn::Pat::Ident(pat) => pat.ident.to_string(),
+                    _ => format!("arg{index}"),
+                };
+                quote! {
+                    let #name: #ty = match __args.take(#index, #param_name) {
+                        ::core::result::Result::Ok(value) => value,
+                        ::core::result::Result::Err(info) => return ::farine::__private::Call::Rejected(info),
+                    };
+                }
+            });
+            let frame_of = quote! {{
+                #[allow(unused_imports)]
+                use ::farine::__private::{ViaDisplayError as _, ViaSerializableError as _, ViaValue as _};
+                (&&&::farine::__private::Returned(__out)).frame()
+            }};
+            let body = if streaming {
+                let on_error = quote!(::farine::__private::error_stream(err));
+                let (arguments, injections) = call_arguments(method, &on_error);
+                quote_spanned! {span=>
+                    ::farine::__private::streaming(async move {
+                        #injections
+                        let __stream = svc.#ident(#(#arguments),*)#awaited;
+                        ::farine::__private::frames(__stream, |__out| #frame_of)
+                    })
+                }
+            } else {
+                let on_error = quote!(::farine::__private::error_frame(err));
+                let (arguments, injections) = call_arguments(method, &on_error);
+                quote_spanned! {span=>
+                    ::farine::__private::unary(async move {
+                        #injections
+                        let __out = svc.#ident(#(#arguments),*)#awaited;
+                        #frame_of
+                    })
+                }
+            };
+            out.extend(quote! {
+                def.rpc(
+                    ::farine::__private::RpcSpec {
+                        method: #method_name,
+                        concurrency: #concurrency,
+                        broadcast: #broadcast,
+                    },
+                    {
+                        let svc = ::std::sync::Arc::clone(&svc);
+                        ::std::sync::Arc::new(
+                            move |__ctx: ::std::sync::Arc<::farine::context::ServiceContext>,
+                                  mut __args: ::farine::__private::Args|
+                                  -> ::farine::__private::Call {
+                                #(#bindings)*
+                                if let ::core::result::Result::Err(info) = __args.finish(#count) {
+                                    return ::farine::__private::Call::Rejected(info);
+                                }
+                                let svc = ::std::sync::Arc::clone(&svc);
+                                #body
+                            },
+                        )
+                    },
+                );
+            });
+        }
+        EntryKind::Stream | EntryKind::Execute => {
             let kind = entry.kind.shown();
             out.extend(quote! {
                 def.pending(#kind, #method_name);
@@ -175,4 +288,181 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
         }
     }
     out
+}
+
+/// What a caller decodes a returned borrowed type into: `&str` -> `String`, `&[T]` ->
+/// `Vec<T>`, `&T` -> `T`.
+fn owned(ty: syn::Type) -> syn::Type {
+    match ty {
+        syn::Type::Reference(reference) => match *reference.elem {
+            syn::Type::Path(path) if path.path.is_ident("str") => {
+                syn::parse_quote!(::std::string::String)
+            }
+            syn::Type::Slice(slice) => {
+                let elem = owned(*slice.elem);
+                syn::parse_quote!(::std::vec::Vec<#elem>)
+            }
+            other => owned(other),
+        },
+        other => other,
+    }
+}
+
+/// The value type a caller receives: `T` of `Result<T, E>` (any path ending in `Result`),
+/// else the type itself, made owned.
+fn ok_type(ty: &syn::Type) -> syn::Type {
+    owned(ok_type_inner(ty))
+}
+
+fn ok_type_inner(ty: &syn::Type) -> syn::Type {
+    if let syn::Type::Path(path) = ty {
+        if let Some(last) = path.path.segments.last() {
+            if last.ident == "Result" {
+                if let syn::PathArguments::AngleBracketed(args) = &last.arguments {
+                    if let Some(syn::GenericArgument::Type(ok)) = args.args.first() {
+                        return ok.clone();
+                    }
+                }
+            }
+        }
+    }
+    ty.clone()
+}
+
+/// The item type of `impl Stream<Item = X>` or `BoxStream<'_, X>`.
+fn stream_item(output: &syn::ReturnType) -> Option<syn::Type> {
+    let syn::ReturnType::Type(_, ty) = output else {
+        return None;
+    };
+    match &**ty {
+        syn::Type::ImplTrait(imp) => imp.bounds.iter().find_map(|bound| {
+            let syn::TypeParamBound::Trait(t) = bound else {
+                return None;
+            };
+            let last = t.path.segments.last()?;
+            let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+                return None;
+            };
+            args.args.iter().find_map(|arg| match arg {
+                syn::GenericArgument::AssocType(assoc) if assoc.ident == "Item" => {
+                    Some(assoc.ty.clone())
+                }
+                _ => None,
+            })
+        }),
+        syn::Type::Path(path) => {
+            let last = path.path.segments.last()?;
+            let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+                return None;
+            };
+            args.args.iter().find_map(|arg| match arg {
+                syn::GenericArgument::Type(ty) => Some(ty.clone()),
+                _ => None,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `<Type>Client`: a typed client with one method per `#[rpc::method]`.
+pub fn client(service: &Service) -> TokenStream {
+    let rpcs: Vec<&Method> = service
+        .methods
+        .iter()
+        .filter(|m| m.entry().is_some_and(|e| e.kind == EntryKind::Rpc))
+        .collect();
+    if rpcs.is_empty() {
+        return TokenStream::new();
+    }
+    let name = &service.name;
+    let client = format_ident!("{}Client", service.ty_ident);
+    let doc = format!("A typed client of service `{name}`: one method per `#[rpc::method]`.");
+    let methods = rpcs.iter().map(|method| {
+        let ident = &method.sig.ident;
+        let method_name = ident.to_string();
+        let call = format!("{name}.{method_name}");
+        let params: Vec<_> = method.message_params().collect();
+        let names: Vec<syn::Ident> = params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match &*p.pat {
+                syn::Pat::Ident(pat) => pat.ident.clone(),
+                _ => format_ident!("arg{}", i),
+            })
+            .collect();
+        let types = params.iter().map(|p| &p.ty);
+        let name_strings = names.iter().map(|n| n.to_string());
+        let method_doc = format!("Calls `{call}`.");
+        let encode = quote! {
+            let __args = ::std::vec![#(::farine::rpc::encode_arg(#call, #name_strings, &#names)?),*];
+        };
+        if valid::returns_stream(&method.sig.output) {
+            let item = stream_item(&method.sig.output)
+                .map(|t| ok_type(&t))
+                .unwrap_or_else(|| syn::parse_quote!(::farine::serde_json::Value));
+            quote! {
+                #[doc = #method_doc]
+                pub async fn #ident(&self, #(#names: #types),*) -> ::farine::Result<::farine::rpc::RpcStream<#item>> {
+                    #encode
+                    self.client.call_stream_typed::<#item>(#name, #method_name, __args, self.options).await
+                }
+            }
+        } else {
+            let output = match &method.sig.output {
+                syn::ReturnType::Default => syn::parse_quote!(()),
+                syn::ReturnType::Type(_, ty) => ok_type(ty),
+            };
+            quote! {
+                #[doc = #method_doc]
+                pub async fn #ident(&self, #(#names: #types),*) -> ::farine::Result<#output> {
+                    #encode
+                    self.client.call_typed::<#output>(#name, #method_name, __args, self.options).await
+                }
+            }
+        }
+    });
+    quote! {
+        #[doc = #doc]
+        #[derive(Clone)]
+        pub struct #client {
+            client: ::farine::Client,
+            options: ::farine::rpc::CallOptions,
+        }
+
+        #[allow(dead_code, private_interfaces, clippy::too_many_arguments)]
+        impl #client {
+            /// The service this client calls.
+            pub const SERVICE: &'static str = #name;
+
+            /// Connects with the `[DEFAULT]` settings of `config`.
+            pub async fn connect(config: &::farine::Config) -> ::farine::Result<Self> {
+                ::core::result::Result::Ok(Self::new(::farine::Client::connect(config).await?))
+            }
+
+            /// Wraps an existing client (sharing its connection and reply queue).
+            pub fn new(client: ::farine::Client) -> Self {
+                Self { client, options: ::core::default::Default::default() }
+            }
+
+            /// The same client with another deadline for each call (default: `rpc_timeout`).
+            pub fn timeout(mut self, timeout: ::std::time::Duration) -> Self {
+                self.options.timeout = ::core::option::Option::Some(timeout);
+                self
+            }
+
+            /// The same client with another longest wait between two stream items.
+            pub fn idle_timeout(mut self, timeout: ::std::time::Duration) -> Self {
+                self.options.idle_timeout = ::core::option::Option::Some(timeout);
+                self
+            }
+
+            #(#methods)*
+        }
+
+        impl ::farine::rpc::FromClient for #client {
+            fn from_client(client: ::farine::Client) -> Self {
+                Self::new(client)
+            }
+        }
+    }
 }

@@ -9,10 +9,10 @@ use lapin::options::{
     QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
+use lapin::PublisherConfirm;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// How a queue is declared.
 #[derive(Clone, Debug, Default)]
@@ -124,9 +124,10 @@ impl Broker {
     }
 
     /// A short-lived channel for declarations whose failure (for example an exchange that
-    /// exists with another type) must not close a channel that carries traffic.
-    async fn declare_channel(&self) -> Result<Channel> {
-        self.publish
+    /// exists with another type) must not close a channel that carries traffic. On the
+    /// consuming connection, which owns the exclusive queues it may bind.
+    pub async fn scratch_channel(&self) -> Result<Channel> {
+        self.consume
             .create_channel()
             .await
             .map_err(Error::amqp("opening a declaration channel"))
@@ -144,7 +145,7 @@ impl Broker {
         if exchange.is_empty() || self.is_declared(exchange) {
             return Ok(());
         }
-        let channel = self.declare_channel().await?;
+        let channel = self.scratch_channel().await?;
         let options = ExchangeDeclareOptions {
             durable,
             auto_delete,
@@ -231,10 +232,23 @@ impl Broker {
         properties: BasicProperties,
         mandatory: bool,
     ) -> Result<()> {
-        let context =
-            || format!("publishing to exchange {exchange:?} with routing key {routing_key:?}");
         let confirm = self
-            .publish_channel
+            .publish_pending(exchange, routing_key, body, properties, mandatory)
+            .await?;
+        self.settle(exchange, routing_key, confirm).await
+    }
+
+    /// Publishes without waiting for the confirm, so several can be in flight; pass the
+    /// returned confirm to [`Broker::settle`].
+    pub async fn publish_pending(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<PublisherConfirm> {
+        self.publish_channel
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
@@ -246,10 +260,24 @@ impl Broker {
                 properties,
             )
             .await
-            .map_err(Error::amqp(context()))?
-            .await
-            .map_err(Error::amqp(context()))?;
-        match confirm {
+            .map_err(|source| Error::Amqp {
+                context: publishing(exchange, routing_key),
+                source,
+            })
+    }
+
+    /// Waits for a publish's confirm: a nack or a returned (unroutable) message is an error.
+    pub async fn settle(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        confirm: PublisherConfirm,
+    ) -> Result<()> {
+        let confirmation = confirm.await.map_err(|source| Error::Amqp {
+            context: publishing(exchange, routing_key),
+            source,
+        })?;
+        match confirmation {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_)) => Err(Error::Unroutable {
                 exchange: exchange.into(),
@@ -267,14 +295,10 @@ impl Broker {
         let _ = self.consume.close(200, "farine shutdown".into()).await;
         let _ = self.publish.close(200, "farine shutdown".into()).await;
     }
+}
 
-    /// Waits (up to `within`) for both connections to close, used after `close`.
-    pub async fn closed(&self, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        while self.consume.status().connected() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+fn publishing(exchange: &str, routing_key: &str) -> String {
+    format!("publishing to exchange {exchange:?} with routing key {routing_key:?}")
 }
 
 fn is_precondition_failed(err: &lapin::Error) -> bool {

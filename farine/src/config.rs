@@ -195,7 +195,7 @@ impl Config {
         // split dotted section names into nested tables and drop empty sections.
         let parsed = config::File::from_str(text, FileFormat::Ini)
             .collect()
-            .map_err(|err| file_error(format!("not a valid INI file: {err}")))?;
+            .map_err(|err| file_error(format!("not a valid INI file: {}", ini_error(&err))))?;
 
         // The parsed map is unordered; sort so sections that differ only in case always merge
         // in the same order.
@@ -225,6 +225,15 @@ impl Config {
                 })
             };
             for (key, value) in table {
+                // The INI parser reads a key up to `=` or `:` across line ends, so a line
+                // without either silently becomes part of the next key.
+                if let Some((line, _)) = key.split_once('\n') {
+                    return Err(file_error(format!(
+                        "[{}]: expected \"key = value\", got {:?}",
+                        section.name,
+                        line.trim()
+                    )));
+                }
                 // INI only yields strings; anything else would be a bug in the parser.
                 let value = value
                     .into_string()
@@ -431,9 +440,6 @@ impl Config {
                     .insert(entry);
                 if first {
                     tracing::warn!(
-                        file = %self.path.display(),
-                        section = %section.name,
-                        key = %key,
                         "{} [{}] {}: unknown configuration key, ignored (misspelt?)",
                         self.path.display(),
                         section.name,
@@ -918,6 +924,19 @@ fn read_error_message(path: &Path, err: &std::io::Error) -> String {
             format!("configuration file {} is not UTF-8 text", path.display())
         }
         _ => format!("cannot read configuration file {}: {err}", path.display()),
+    }
+}
+
+/// The INI parser's error, with its "line:column" prefix spelt out.
+fn ini_error(err: &config::ConfigError) -> String {
+    let text = err.to_string();
+    let position = text.split_once(' ').and_then(|(position, rest)| {
+        let (line, column) = position.split_once(':')?;
+        Some((line.parse::<u32>().ok()?, column.parse::<u32>().ok()?, rest))
+    });
+    match position {
+        Some((line, column, rest)) => format!("line {line}, column {column}: {rest}"),
+        None => text,
     }
 }
 

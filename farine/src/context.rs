@@ -1,18 +1,86 @@
-//! Where a running service's broker and settings are found by code that only knows the
-//! service's name (a `Publisher` inside a user method). The runtime registers each service
-//! it starts; outside the runtime the settings come from `FARINE_INI` on first use.
+//! A started service's shared resources, and where code that only knows the service's name
+//! (a `Publisher` inside a user method) finds them. The runtime registers each service it
+//! starts; outside the runtime the settings come from `FARINE_INI` on first use.
 
 use crate::broker::Broker;
 use crate::config::{Config, ServiceConfig};
+use crate::rpc::Client;
 use crate::Result;
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use tokio_util::sync::CancellationToken;
 
-/// A started service's shared resources.
-#[derive(Debug)]
-pub(crate) struct ServiceContext {
-    pub broker: Arc<Broker>,
-    pub settings: Arc<ServiceConfig>,
+/// What every entry point of one service shares.
+pub struct ServiceContext {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) settings: Arc<ServiceConfig>,
+    pub(crate) config: Arc<Config>,
+    /// The client injected into methods that call other services, made on first use.
+    client: tokio::sync::OnceCell<Client>,
+    /// Streaming calls in progress, by correlation id, so a caller can cancel one.
+    pub(crate) streams: Streams,
+}
+
+impl std::fmt::Debug for ServiceContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceContext")
+            .field("service", &self.settings.name)
+            .finish()
+    }
+}
+
+impl ServiceContext {
+    pub(crate) fn new(
+        broker: Arc<Broker>,
+        settings: Arc<ServiceConfig>,
+        config: Arc<Config>,
+    ) -> Self {
+        ServiceContext {
+            broker,
+            settings,
+            config,
+            client: tokio::sync::OnceCell::new(),
+            streams: Streams::default(),
+        }
+    }
+
+    /// The service's RPC client, sharing the service's connections.
+    pub async fn client(&self) -> Result<Client> {
+        self.client
+            .get_or_try_init(|| Client::with_broker(self.broker.clone(), self.config.clone()))
+            .await
+            .cloned()
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Streams(Mutex<HashMap<String, CancellationToken>>);
+
+impl Streams {
+    pub fn register(&self, correlation_id: &str) -> CancellationToken {
+        let token = CancellationToken::new();
+        if !correlation_id.is_empty() {
+            self.lock()
+                .insert(correlation_id.to_string(), token.clone());
+        }
+        token
+    }
+
+    pub fn remove(&self, correlation_id: &str) {
+        self.lock().remove(correlation_id);
+    }
+
+    pub fn cancel(&self, correlation_id: &str) {
+        if let Some(token) = self.lock().remove(correlation_id) {
+            token.cancel();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 type Services = RwLock<HashMap<String, Arc<ServiceContext>>>;
@@ -48,12 +116,15 @@ pub(crate) async fn service(name: &str) -> Result<Arc<ServiceContext>> {
             return Ok(context.clone());
         }
     }
-    let settings = match &known {
-        Some(context) => context.settings.clone(),
-        None => Arc::new(Config::from_env()?.service(name)?),
+    let (settings, config) = match &known {
+        Some(context) => (context.settings.clone(), context.config.clone()),
+        None => {
+            let config = Config::from_env()?;
+            (Arc::new(config.service(name)?), Arc::new(config))
+        }
     };
     let broker = Broker::shared(&settings.amqp_uri, settings.heartbeat).await?;
-    let context = Arc::new(ServiceContext { broker, settings });
+    let context = Arc::new(ServiceContext::new(broker, settings, config));
     register(name, context.clone());
     Ok(context)
 }

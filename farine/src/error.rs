@@ -60,12 +60,74 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// No service of that name is running: its exchange does not exist.
+    #[error(
+        "no service {service:?}: its exchange {service:?} does not exist (is the service started?)"
+    )]
+    UnknownService { service: String },
+    /// The service exchange exists but nothing consumes the method's queue binding.
+    #[error("{service}.{method}: no such method (no queue is bound to exchange {service:?} for routing key \"{service}__{method}\")")]
+    UnknownMethod { service: String, method: String },
+    /// The call got no reply (or, for a stream, no next item) in time.
+    #[error("{call}: no reply within {}", humantime::format_duration(*after))]
+    Timeout {
+        call: String,
+        after: std::time::Duration,
+    },
+    /// The connection to the broker was lost while the call was waiting for its reply.
+    #[error("{call}: the connection to the broker was lost while waiting for the reply")]
+    Disconnected { call: String },
+    /// The remote method failed; `kind` is one of [`crate::rpc::frame::kind`], `data` the
+    /// service's own error value when it is serializable.
+    #[error("{call} failed ({kind}): {message}")]
+    Remote {
+        call: String,
+        kind: String,
+        message: String,
+        data: Option<serde_json::Value>,
+    },
     /// The runtime is not in a state to do what was asked.
     #[error("{0}")]
     Runtime(String),
 }
 
 impl Error {
+    /// The remote service's own error, rebuilt as `E` (the type its method returned), when
+    /// this is a service error that carried its value.
+    ///
+    /// ```
+    /// #[derive(serde::Deserialize, Debug, PartialEq)]
+    /// enum TodoError { NotFound(i64) }
+    ///
+    /// let err = farine::Error::Remote {
+    ///     call: "todo.done".into(),
+    ///     kind: "service".into(),
+    ///     message: "no todo 3".into(),
+    ///     data: Some(serde_json::json!({"NotFound": 3})),
+    /// };
+    /// assert_eq!(err.service_error::<TodoError>(), Some(TodoError::NotFound(3)));
+    /// ```
+    pub fn service_error<E: serde::de::DeserializeOwned>(&self) -> Option<E> {
+        match self {
+            Error::Remote {
+                kind,
+                data: Some(data),
+                ..
+            } if kind == crate::rpc::frame::kind::SERVICE => {
+                serde_json::from_value(data.clone()).ok()
+            }
+            _ => None,
+        }
+    }
+
+    /// The error kind of a remote failure (`"bad_arguments"`, `"service"`, ...).
+    pub fn remote_kind(&self) -> Option<&str> {
+        match self {
+            Error::Remote { kind, .. } => Some(kind),
+            _ => None,
+        }
+    }
+
     pub(crate) fn amqp(context: impl Into<String>) -> impl FnOnce(lapin::Error) -> Error {
         let context = context.into();
         move |source| Error::Amqp { context, source }

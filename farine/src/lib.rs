@@ -40,10 +40,11 @@
 pub mod amqp;
 pub mod broker;
 pub mod config;
-mod context;
+pub mod context;
 mod error;
 pub mod registry;
 mod retry;
+pub mod rpc;
 pub mod runtime;
 
 pub use config::Config;
@@ -52,14 +53,10 @@ pub use farine_macros::service;
 pub use runtime::{run, Running, Runtime};
 
 pub use amqp::Publisher;
+pub use rpc::Client;
 /// Re-exported so service crates can log and handle JSON without adding the crates.
 pub use serde_json;
 pub use tracing;
-
-/// `#[rpc::method]`: a method callable over AMQP.
-pub mod rpc {
-    pub use farine_macros::rpc_method as method;
-}
 
 /// `#[stream::http]`: a Server-Sent-Events listener.
 pub mod stream {
@@ -109,7 +106,13 @@ macro_rules! main {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::registry::{
-        consume_handler, ConsumeSpec, PublishSpec, ServiceDef, ServiceRegistration,
+        consume_handler, Call, ConsumeSpec, HandlerResult, Outcome, PublishSpec, RpcSpec,
+        ServiceDef, ServiceRegistration,
     };
+    pub use crate::rpc::args::Args;
+    pub use crate::rpc::handler::{
+        error_frame, error_stream, frames, inject_client, streaming, unary,
+    };
+    pub use crate::rpc::reply::{Returned, ViaDisplayError, ViaSerializableError, ViaValue};
     pub use inventory;
 }

@@ -1,6 +1,8 @@
 //! What the macros register at link time: each service's name and a function that builds
 //! its entry points around one shared instance. The runtime reads these; nothing else does.
 
+use crate::context::ServiceContext;
+pub use crate::rpc::server::{Call, RpcEntry, RpcHandler, RpcSpec};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
@@ -26,6 +28,7 @@ pub fn services() -> Vec<&'static ServiceRegistration> {
 pub struct ServiceDef {
     pub name: &'static str,
     pub consumers: Vec<ConsumeEntry>,
+    pub rpcs: Vec<RpcEntry>,
     pub publishers: Vec<PublishSpec>,
     /// Entry points of kinds this runtime does not run yet: `(attribute, method)`.
     pub pending: Vec<(&'static str, &'static str)>,
@@ -36,6 +39,7 @@ impl ServiceDef {
         ServiceDef {
             name,
             consumers: Vec::new(),
+            rpcs: Vec::new(),
             publishers: Vec::new(),
             pending: Vec::new(),
         }
@@ -43,6 +47,10 @@ impl ServiceDef {
 
     pub fn consume(&mut self, spec: ConsumeSpec, handler: ConsumeHandler) {
         self.consumers.push(ConsumeEntry { spec, handler });
+    }
+
+    pub fn rpc(&mut self, spec: RpcSpec, handler: RpcHandler) {
+        self.rpcs.push(RpcEntry { spec, handler });
     }
 
     pub fn publish(&mut self, spec: PublishSpec) {
@@ -90,11 +98,18 @@ pub enum Outcome {
 }
 
 /// Runs the user's method on a raw body.
-pub type ConsumeHandler = Arc<dyn Fn(&[u8]) -> BoxFuture<'static, Outcome> + Send + Sync>;
+pub type ConsumeHandler =
+    Arc<dyn Fn(Arc<ServiceContext>, &[u8]) -> BoxFuture<'static, Outcome> + Send + Sync>;
 
 /// What a handler may return: `()` or any `Result` whose error can be displayed.
 pub trait HandlerResult {
     fn into_outcome(self) -> Outcome;
+}
+
+impl HandlerResult for Outcome {
+    fn into_outcome(self) -> Outcome {
+        self
+    }
 }
 
 impl HandlerResult for () {
@@ -118,11 +133,11 @@ pub fn consume_handler<S, T, F, Fut>(service: Arc<S>, method: F) -> ConsumeHandl
 where
     S: Send + Sync + 'static,
     T: DeserializeOwned + Send + 'static,
-    F: Fn(Arc<S>, T) -> Fut + Send + Sync + 'static,
+    F: Fn(Arc<S>, Arc<ServiceContext>, T) -> Fut + Send + Sync + 'static,
     Fut: Future + Send + 'static,
     Fut::Output: HandlerResult,
 {
-    Arc::new(move |body: &[u8]| {
+    Arc::new(move |context: Arc<ServiceContext>, body: &[u8]| {
         // Decoding is synchronous: only the method's own future runs in the task.
         let value: T = match serde_json::from_slice(body) {
             Ok(value) => value,
@@ -134,7 +149,8 @@ where
                 return futures::future::ready(Outcome::Poison(reason)).boxed();
             }
         };
-        let call = std::panic::AssertUnwindSafe(method(service.clone(), value)).catch_unwind();
+        let call =
+            std::panic::AssertUnwindSafe(method(service.clone(), context, value)).catch_unwind();
         async move {
             match call.await {
                 Ok(result) => result.into_outcome(),

@@ -67,11 +67,7 @@ fn retry_queue(queue: &str, delay_ms: u64) -> String {
 
 /// Declares the dead-letter queue and the delay queues of `queue`.
 pub(crate) async fn declare(channel: &Channel, queue: &str, policy: &RetryPolicy) -> Result<()> {
-    let durable = QueueOptions {
-        durable: true,
-        ..Default::default()
-    };
-    Broker::declare_queue(channel, &dead_letter_queue(queue), &durable, None).await?;
+    declare_dead_letter_queue(channel, queue).await?;
     for delay_ms in policy.steps() {
         let mut arguments = FieldTable::default();
         arguments.insert(
@@ -94,6 +90,15 @@ pub(crate) async fn declare(channel: &Channel, queue: &str, policy: &RetryPolicy
         Broker::declare_queue(channel, &retry_queue(queue, delay_ms), &options, None).await?;
     }
     Ok(())
+}
+
+/// Declares only the dead-letter queue of `queue` (RPC requests are answered, not retried).
+pub(crate) async fn declare_dead_letter_queue(channel: &Channel, queue: &str) -> Result<()> {
+    let durable = QueueOptions {
+        durable: true,
+        ..Default::default()
+    };
+    Broker::declare_queue(channel, &dead_letter_queue(queue), &durable, None).await
 }
 
 /// How many times this message was already retried.

@@ -7,6 +7,7 @@ use crate::broker::Broker;
 use crate::config::{Config, ServiceConfig};
 use crate::context::{self, ServiceContext};
 use crate::registry::{self, ServiceRegistration};
+use crate::rpc::server;
 use crate::{Error, Result};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -58,6 +59,7 @@ impl Runtime {
     /// attaches every entry point; returns once all are attached.
     pub async fn start(self) -> Result<Running> {
         let registrations = self.selected()?;
+        let config = Arc::new(self.config.clone());
         // Check every section before touching the network: a bad value stops the start.
         let mut chosen: Vec<(&ServiceRegistration, ServiceConfig)> = Vec::new();
         for registration in registrations {
@@ -91,13 +93,12 @@ impl Runtime {
                 }
             };
             let settings = Arc::new(settings);
-            context::register(
-                def.name,
-                Arc::new(ServiceContext {
-                    broker: broker.clone(),
-                    settings: settings.clone(),
-                }),
-            );
+            let service = Arc::new(ServiceContext::new(
+                broker.clone(),
+                settings.clone(),
+                config.clone(),
+            ));
+            context::register(def.name, service.clone());
             for (attribute, method) in &def.pending {
                 tracing::warn!(
                     service = def.name,
@@ -117,15 +118,30 @@ impl Runtime {
                         .await?;
                 }
             }
-            let mut attached = 0;
+            let consumers = def.consumers.len();
             for entry in def.consumers {
-                let consumer = consumer::attach(def.name, entry, broker.clone(), &settings).await?;
+                let consumer = consumer::attach(def.name, entry, service.clone()).await?;
                 running
                     .tasks
                     .spawn(consumer.run(shutdown.child_token(), settings.shutdown_grace));
-                attached += 1;
             }
-            tracing::info!(service = def.name, broker = %settings.amqp_uri, consumers = attached, publishers = def.publishers.len(), "service ready");
+            let methods = def.rpcs.len();
+            for entry in def.rpcs {
+                let method = server::attach(def.name, entry, service.clone()).await?;
+                running
+                    .tasks
+                    .spawn(method.run(shutdown.child_token(), settings.shutdown_grace));
+            }
+            // After the methods: they declare the exchange the listener binds to.
+            if methods > 0 {
+                let listener =
+                    server::listen_for_cancels(def.name, service.clone(), shutdown.clone()).await?;
+                running.tasks.spawn(async move {
+                    let _ = listener.await;
+                    Ok(())
+                });
+            }
+            tracing::info!(service = def.name, broker = %settings.amqp_uri, consumers, rpc_methods = methods, publishers = def.publishers.len(), "service ready");
             running.grace = running.grace.max(settings.shutdown_grace);
             running.services.push(def.name.to_string());
         }

@@ -570,14 +570,23 @@ fn keys_outside_a_section_are_rejected() {
 
 #[test]
 fn invalid_ini_is_a_file_error() {
-    let err = Config::from_str("[DEFAULT]\njust some words\n", "test.ini").unwrap_err();
+    let err = Config::from_str("[DEFAULT]\njust some words\nkey = 1\n", "test.ini").unwrap_err();
     match err {
         Error::ConfigFile { file, message } => {
             assert_eq!(file, PathBuf::from("test.ini"));
-            assert!(message.contains("not a valid INI file"), "{message}");
+            assert!(message.contains("key = value"), "{message}");
+            assert!(message.contains("just some words"), "{message}");
         }
         other => panic!("expected Error::ConfigFile, got {other:?}"),
     }
+    let err = Config::from_str("[DEFAULT]\nunfinished", "test.ini").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("test.ini: not a valid INI file: line 2, column"),
+        "{err}"
+    );
+    let err = Config::from_str("[DEFAULT\n", "test.ini").unwrap_err();
+    assert!(err.to_string().contains("not a valid INI file"), "{err}");
 }
 
 #[test]

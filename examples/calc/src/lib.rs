@@ -2,6 +2,7 @@
 //!
 //! It consumes operations from exchange `calc` (routing key `operations`), publishes each sum
 //! back to exchange `calc` with routing key `results`, and logs every result it hears.
+//! Its RPC methods: `farine call calc.add '[2, 3]'` and `farine call calc.count '[5]'`.
 
 use farine::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,18 @@ impl Calc {
     #[amqp::publish(routing_key = "results")]
     pub async fn publish_sum(&self, publish: Publisher, sum: i64) -> farine::Result<()> {
         publish.send(&Sum { sum }).await
+    }
+
+    /// `calc.add(a, b)`: the sum of two numbers.
+    #[rpc::method]
+    async fn add(&self, a: i64, b: i64) -> i64 {
+        a.wrapping_add(b)
+    }
+
+    /// `calc.count(n)`: streams `0, 1, ..., n - 1`, one item at a time.
+    #[rpc::method]
+    fn count(&self, n: u32) -> impl Stream<Item = u32> + Send + 'static {
+        futures::stream::iter(0..n)
     }
 
     /// Logs every result published on `calc`/`results`.

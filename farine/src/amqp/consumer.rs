@@ -4,6 +4,7 @@
 
 use crate::broker::{Broker, QueueOptions};
 use crate::config::{ExchangeKind, ServiceConfig};
+use crate::context::ServiceContext;
 use crate::registry::{ConsumeEntry, Outcome};
 use crate::retry::{self, RetryPolicy};
 use crate::{Error, Result};
@@ -29,6 +30,7 @@ pub(crate) struct Attached {
 /// What every delivery task of one entry point needs.
 struct Shared {
     entry: ConsumeEntry,
+    context: Arc<ServiceContext>,
     broker: Arc<Broker>,
     queue: String,
     policy: RetryPolicy,
@@ -39,9 +41,10 @@ struct Shared {
 pub(crate) async fn attach(
     service: &str,
     entry: ConsumeEntry,
-    broker: Arc<Broker>,
-    settings: &ServiceConfig,
+    context: Arc<ServiceContext>,
 ) -> Result<Attached> {
+    let broker = context.broker.clone();
+    let settings: &ServiceConfig = &context.settings;
     let spec = &entry.spec;
     let label = format!("{service}.{}", spec.method);
     let queue = spec.queue.unwrap_or(spec.routing_key).to_string();
@@ -86,12 +89,14 @@ pub(crate) async fn attach(
         .await
         .map_err(Error::amqp(format!("{label}: consuming queue {queue:?}")))?;
     tracing::info!(entry_point = %label, queue = %queue, exchange = spec.exchange, routing_key = spec.routing_key, prefetch, "consumer attached");
+    let max_message_bytes = settings.max_message_bytes;
     let shared = Arc::new(Shared {
         entry,
+        context: context.clone(),
         broker,
         queue: queue.clone(),
         policy,
-        max_message_bytes: settings.max_message_bytes,
+        max_message_bytes,
     });
     Ok(Attached {
         label,
@@ -158,7 +163,7 @@ async fn handle(shared: Arc<Shared>, delivery: Delivery) {
             shared.max_message_bytes
         ))
     } else {
-        (shared.entry.handler)(&delivery.data).await
+        (shared.entry.handler)(shared.context.clone(), &delivery.data).await
     };
     let settled = match &outcome {
         Outcome::Done => Ok(()),

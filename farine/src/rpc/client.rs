@@ -1,0 +1,525 @@
+//! Calling services: one reply queue and one reply consumer per [`Client`], shared by every
+//! call; replies are routed to their caller by `correlation_id` (others are ignored).
+//!
+//! The reply queue is exclusive to the client, and bound to the exchange of each service it
+//! calls with its own name as routing key: a Rust server replies through the default
+//! exchange, a Python farine server through the service exchange, and both reach it.
+
+use super::frame::{self, kind, ErrorInfo, Incoming};
+use super::server::queue_name;
+use crate::broker::Broker;
+use crate::config::{Config, ServiceConfig};
+use crate::{Error, Result};
+use futures::{Stream, StreamExt};
+use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions};
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+type Pending = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Incoming>>>>;
+
+/// An RPC client for any service: untyped calls here, typed ones through the
+/// `<Service>Client` that `#[farine::service]` generates. Cheap to clone; clones share the
+/// connection and the reply queue.
+///
+/// ```no_run
+/// # async fn demo() -> farine::Result<()> {
+/// use farine::prelude::*;
+/// use serde_json::json;
+///
+/// let client = farine::Client::connect(&farine::Config::from_env()?).await?;
+/// let sum = client.call("calc", "add", json!([2, 3])).await?;
+/// assert_eq!(sum, json!(5));
+/// let mut items = client.call_stream("calc", "count", json!([3])).await?;
+/// while let Some(item) = items.next().await {
+///     println!("{}", item?);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    broker: Arc<Broker>,
+    config: Arc<Config>,
+    reply_queue: String,
+    pending: Pending,
+    /// Services whose exchange the reply queue is bound to.
+    bound: tokio::sync::Mutex<HashSet<String>>,
+    settings: Mutex<HashMap<String, Arc<ServiceConfig>>>,
+    dispatcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.dispatcher.abort();
+    }
+}
+
+/// Per-call options: deadline and idle timeout between stream items.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CallOptions {
+    /// Time for the whole unary call, or until a stream's first item. Default: the target
+    /// service's `rpc_timeout`.
+    pub timeout: Option<Duration>,
+    /// Longest wait between two frames of a stream. Default: the timeout.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Client {
+    /// Connects with the `[DEFAULT]` settings of `config` (its own connections).
+    pub async fn connect(config: &Config) -> Result<Client> {
+        let settings = config.service("farine-client")?;
+        let broker = Arc::new(Broker::connect(&settings.amqp_uri, settings.heartbeat).await?);
+        Client::with_broker(broker, Arc::new(config.clone())).await
+    }
+
+    /// A client on an existing broker connection (a service's own).
+    pub(crate) async fn with_broker(broker: Arc<Broker>, config: Arc<Config>) -> Result<Client> {
+        let channel = broker.consume_channel(0).await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                lapin::options::QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(Error::amqp("declaring the client's reply queue"))?;
+        let reply_queue = queue.name().as_str().to_string();
+        let consumer = channel
+            .basic_consume(
+                reply_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(Error::amqp(format!(
+                "consuming reply queue {reply_queue:?}"
+            )))?;
+        let pending: Pending = Arc::default();
+        let dispatcher = tokio::spawn(dispatch(consumer, channel, pending.clone()));
+        Ok(Client {
+            inner: Arc::new(Inner {
+                broker,
+                config,
+                reply_queue,
+                pending,
+                bound: Default::default(),
+                settings: Default::default(),
+                dispatcher,
+            }),
+        })
+    }
+
+    /// Calls `service.method` with `args`: a JSON array is the positional arguments, an
+    /// object the arguments by name, anything else the single argument.
+    pub async fn call(&self, service: &str, method: &str, args: Value) -> Result<Value> {
+        let (args, kwargs) = split_args(args);
+        self.request(service, method, args, kwargs, CallOptions::default())
+            .await?
+            .unary()
+            .await
+    }
+
+    /// Calls a streaming method; the items arrive as they are produced.
+    pub async fn call_stream(
+        &self,
+        service: &str,
+        method: &str,
+        args: Value,
+    ) -> Result<RpcStream<Value>> {
+        let (args, kwargs) = split_args(args);
+        Ok(self
+            .request(service, method, args, kwargs, CallOptions::default())
+            .await?
+            .stream())
+    }
+
+    /// Sends a request and returns its replies; the building block of every call.
+    pub async fn request(
+        &self,
+        service: &str,
+        method: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        options: CallOptions,
+    ) -> Result<Replies> {
+        let settings = self.settings(service)?;
+        self.bind(service, &settings).await?;
+        let call = format!("{service}.{method}");
+        let timeout = options.timeout.unwrap_or(settings.rpc_timeout);
+        let idle_timeout = options.idle_timeout.unwrap_or(timeout);
+        let correlation_id = uuid::Uuid::new_v4().simple().to_string();
+        let body = serde_json::to_vec(&serde_json::json!({ "args": args, "kwargs": kwargs }))
+            .map_err(Error::json(format!("encoding the arguments of {call}")))?;
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(correlation_id.clone(), sender);
+        let guard = CallGuard {
+            client: self.clone(),
+            service: service.to_string(),
+            correlation_id: correlation_id.clone(),
+            finished: false,
+        };
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(settings.delivery_mode)
+            .with_correlation_id(correlation_id.as_str().into())
+            .with_reply_to(self.inner.reply_queue.as_str().into())
+            // A request nobody took before the caller gave up is dropped by the broker.
+            .with_expiration(timeout.as_millis().max(1).to_string().into());
+        let routing_key = queue_name(service, method);
+        match self
+            .inner
+            .broker
+            .publish(service, &routing_key, &body, properties, true)
+            .await
+        {
+            Ok(()) => {}
+            Err(Error::Unroutable { .. }) => {
+                return Err(Error::UnknownMethod {
+                    service: service.to_string(),
+                    method: method.to_string(),
+                })
+            }
+            Err(err) => return Err(err),
+        }
+        Ok(Replies {
+            call,
+            receiver,
+            guard,
+            first: Some(timeout),
+            idle_timeout,
+            timer: None,
+            waiting: timeout,
+            done: false,
+        })
+    }
+
+    fn settings(&self, service: &str) -> Result<Arc<ServiceConfig>> {
+        let mut cache = self
+            .inner
+            .settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(settings) = cache.get(service) {
+            return Ok(settings.clone());
+        }
+        let settings = Arc::new(self.inner.config.service(service)?);
+        cache.insert(service.to_string(), settings.clone());
+        Ok(settings)
+    }
+
+    /// Binds the reply queue to `service`'s exchange once, after checking the exchange
+    /// exists: a missing exchange means no such service.
+    async fn bind(&self, service: &str, settings: &ServiceConfig) -> Result<()> {
+        let mut bound = self.inner.bound.lock().await;
+        if bound.contains(service) {
+            return Ok(());
+        }
+        let channel = self.inner.broker.scratch_channel().await?;
+        let exists = channel
+            .exchange_declare(
+                service.into(),
+                settings.exchange_type.into(),
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        if exists.is_err() {
+            return Err(Error::UnknownService {
+                service: service.to_string(),
+            });
+        }
+        channel
+            .queue_bind(
+                self.inner.reply_queue.as_str().into(),
+                service.into(),
+                self.inner.reply_queue.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(Error::amqp(format!(
+                "binding the reply queue to exchange {service:?}"
+            )))?;
+        let _ = channel.close(200, "OK".into()).await;
+        bound.insert(service.to_string());
+        Ok(())
+    }
+}
+
+/// Routes every reply frame to the call waiting for its correlation id.
+async fn dispatch(mut consumer: lapin::Consumer, _channel: lapin::Channel, pending: Pending) {
+    while let Some(delivery) = consumer.next().await {
+        let Ok(delivery) = delivery else { break };
+        let Some(id) = delivery.properties.correlation_id().as_ref() else {
+            tracing::debug!("reply without correlation_id ignored");
+            continue;
+        };
+        let frame = match frame::decode(&delivery.data) {
+            Ok(frame) => frame,
+            Err(message) => Incoming::Error(ErrorInfo::new(kind::INTERNAL, message)),
+        };
+        let last = !matches!(frame, Incoming::Item(_));
+        let mut calls = pending.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(sender) = calls.get(id.as_str()) else {
+            tracing::debug!(
+                correlation_id = id.as_str(),
+                "reply for no waiting call ignored"
+            );
+            continue;
+        };
+        let _ = sender.send(frame);
+        if last {
+            calls.remove(id.as_str());
+        }
+    }
+    // The connection is gone: every waiting call learns it now, not at its timeout.
+    pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
+fn split_args(args: Value) -> (Vec<Value>, Map<String, Value>) {
+    match args {
+        Value::Array(items) => (items, Map::new()),
+        Value::Object(map) => (Vec::new(), map),
+        Value::Null => (Vec::new(), Map::new()),
+        other => (vec![other], Map::new()),
+    }
+}
+
+/// Forgets a call when its replies are dropped, and asks the server to stop a stream the
+/// caller no longer reads.
+struct CallGuard {
+    client: Client,
+    service: String,
+    correlation_id: String,
+    finished: bool,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.client
+            .inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.correlation_id);
+        if self.finished {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let broker = self.client.inner.broker.clone();
+        let exchange = std::mem::take(&mut self.service);
+        let body = serde_json::json!({ "correlation_id": self.correlation_id }).to_string();
+        handle.spawn(async move {
+            let routing_key = super::server::cancel_key(&exchange);
+            let properties =
+                BasicProperties::default().with_content_type("application/json".into());
+            if let Err(err) = broker
+                .publish(&exchange, &routing_key, body.as_bytes(), properties, false)
+                .await
+            {
+                tracing::debug!("could not cancel a stream: {err}");
+            }
+        });
+    }
+}
+
+/// The frames of one call, with its deadlines.
+pub struct Replies {
+    call: String,
+    receiver: mpsc::UnboundedReceiver<Incoming>,
+    guard: CallGuard,
+    /// Deadline for the first frame, then `idle_timeout` between frames.
+    first: Option<Duration>,
+    idle_timeout: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// What the running timer waits for, to say so when it expires.
+    waiting: Duration,
+    done: bool,
+}
+
+impl Replies {
+    /// The single result of a unary call.
+    pub async fn unary(mut self) -> Result<Value> {
+        match self.next().await {
+            Some(result) => {
+                self.guard.finished = true;
+                result
+            }
+            None => Err(Error::Remote {
+                call: self.call.clone(),
+                kind: kind::INTERNAL.into(),
+                message: "the call ended without a result".into(),
+                data: None,
+            }),
+        }
+    }
+
+    /// The items of a streaming call.
+    pub fn stream<T: DeserializeOwned>(self) -> RpcStream<T> {
+        RpcStream {
+            replies: self,
+            item: PhantomData,
+        }
+    }
+
+    fn error(&self, info: ErrorInfo) -> Error {
+        Error::Remote {
+            call: self.call.clone(),
+            kind: info.kind,
+            message: info.message,
+            data: info.data,
+        }
+    }
+}
+
+impl Stream for Replies {
+    type Item = Result<Value>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.timer.is_none() {
+            let wait = self.first.take().unwrap_or(self.idle_timeout);
+            self.waiting = wait;
+            self.timer = Some(Box::pin(tokio::time::sleep(wait)));
+        }
+        match self.receiver.poll_recv(cx) {
+            Poll::Ready(Some(frame)) => {
+                self.timer = None;
+                match frame {
+                    Incoming::Item(value) => Poll::Ready(Some(Ok(value))),
+                    Incoming::End => {
+                        self.done = true;
+                        self.guard.finished = true;
+                        Poll::Ready(None)
+                    }
+                    Incoming::Error(info) => {
+                        self.done = true;
+                        self.guard.finished = true;
+                        Poll::Ready(Some(Err(self.error(info))))
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(Some(Err(Error::Disconnected {
+                    call: self.call.clone(),
+                })))
+            }
+            Poll::Pending => {
+                let expired = self
+                    .timer
+                    .as_mut()
+                    .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+                if expired {
+                    self.done = true;
+                    let after = self.waiting;
+                    Poll::Ready(Some(Err(Error::Timeout {
+                        call: self.call.clone(),
+                        after,
+                    })))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+/// The items of a streaming call, decoded as `T`. Dropping it stops the server's stream.
+pub struct RpcStream<T> {
+    replies: Replies,
+    item: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Stream for RpcStream<T> {
+    type Item = Result<T>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let call = &self.replies.call;
+        let call = call.clone();
+        match Pin::new(&mut self.replies).poll_next(cx) {
+            Poll::Ready(Some(Ok(value))) => Poll::Ready(Some(
+                serde_json::from_value(value)
+                    .map_err(Error::json(format!("decoding an item of {call}"))),
+            )),
+            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Typed call helpers used by the generated `<Service>Client`s.
+impl Client {
+    /// Calls `service.method` with already-encoded positional arguments and decodes the
+    /// result as `T`.
+    pub async fn call_typed<T: DeserializeOwned>(
+        &self,
+        service: &str,
+        method: &str,
+        args: Vec<Value>,
+        options: CallOptions,
+    ) -> Result<T> {
+        let value = self
+            .request(service, method, args, Map::new(), options)
+            .await?
+            .unary()
+            .await?;
+        serde_json::from_value(value).map_err(Error::json(format!(
+            "decoding the result of {service}.{method}"
+        )))
+    }
+
+    /// Calls a streaming `service.method` and decodes its items as `T`.
+    pub async fn call_stream_typed<T: DeserializeOwned>(
+        &self,
+        service: &str,
+        method: &str,
+        args: Vec<Value>,
+        options: CallOptions,
+    ) -> Result<RpcStream<T>> {
+        Ok(self
+            .request(service, method, args, Map::new(), options)
+            .await?
+            .stream())
+    }
+}
+
+/// Encodes one argument of a typed call.
+pub fn encode_arg<T: Serialize + ?Sized>(call: &str, name: &str, value: &T) -> Result<Value> {
+    serde_json::to_value(value)
+        .map_err(Error::json(format!("encoding argument `{name}` of {call}")))
+}

@@ -1,0 +1,178 @@
+//! The reply frames of PROTOCOL.md, compatible with Python farine 0.19:
+//! item `{"body": v, "__end__": false}`, end `{"__end__": true}`, error `{"__except__": text}`
+//! plus our `__error__` extension `{"kind", "message", "data"}` for typed errors.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Error kinds carried in `__error__.kind`. Stable: callers match on them.
+pub mod kind {
+    /// The method returned its own error (`data` holds it when it is serializable).
+    pub const SERVICE: &str = "service";
+    /// Missing, surplus or ill-typed arguments.
+    pub const BAD_ARGUMENTS: &str = "bad_arguments";
+    /// The service has no such method.
+    pub const UNKNOWN_METHOD: &str = "unknown_method";
+    /// The call ran out of time.
+    pub const TIMEOUT: &str = "timeout";
+    /// Anything else on the server: a panic, a result that does not serialize.
+    pub const INTERNAL: &str = "internal";
+    /// A peer that does not send `__error__` (Python farine): only the text is known.
+    pub const REMOTE: &str = "remote";
+}
+
+/// The `__error__` extension of an error frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub kind: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+impl ErrorInfo {
+    pub fn new(kind: &str, message: impl Into<String>) -> Self {
+        ErrorInfo {
+            kind: kind.to_string(),
+            message: message.into(),
+            data: None,
+        }
+    }
+}
+
+/// What a server sends for one step of a call, already encoded.
+#[derive(Debug)]
+pub enum Frame {
+    /// An item frame's bytes.
+    Item(Vec<u8>),
+    /// A terminal error.
+    Error(ErrorInfo),
+}
+
+#[derive(Serialize)]
+struct ItemOut<'a, T: ?Sized> {
+    body: &'a T,
+    __end__: bool,
+}
+
+#[derive(Serialize)]
+struct ErrorOut<'a> {
+    __except__: &'a str,
+    __error__: &'a ErrorInfo,
+}
+
+/// Encodes `value` as an item frame; a value that does not serialize is an internal error.
+pub fn item<T: Serialize + ?Sized>(value: &T) -> Frame {
+    match serde_json::to_vec(&ItemOut {
+        body: value,
+        __end__: false,
+    }) {
+        Ok(bytes) => Frame::Item(bytes),
+        Err(err) => Frame::Error(ErrorInfo::new(
+            kind::INTERNAL,
+            format!("the result does not serialize to JSON: {err}"),
+        )),
+    }
+}
+
+pub const END: &[u8] = br#"{"__end__": true}"#;
+
+pub fn error_bytes(info: &ErrorInfo) -> Vec<u8> {
+    serde_json::to_vec(&ErrorOut {
+        __except__: &info.message,
+        __error__: info,
+    })
+    .unwrap_or_else(|_| br#"{"__except__": "unencodable error"}"#.to_vec())
+}
+
+/// A frame as a client reads it.
+#[derive(Debug, PartialEq)]
+pub enum Incoming {
+    Item(Value),
+    End,
+    Error(ErrorInfo),
+}
+
+#[derive(Deserialize)]
+struct AnyFrame {
+    #[serde(default)]
+    body: Option<Value>,
+    #[serde(default, rename = "__end__")]
+    end: Option<bool>,
+    #[serde(default, rename = "__except__")]
+    except: Option<Value>,
+    #[serde(default, rename = "__error__")]
+    error: Option<ErrorInfo>,
+}
+
+/// Decodes a reply frame. Unlike Python farine, a falsy body (`0`, `""`, `null`, ...) is an
+/// item like any other: what matters is `__end__: false`.
+pub fn decode(bytes: &[u8]) -> Result<Incoming, String> {
+    let frame: AnyFrame =
+        serde_json::from_slice(bytes).map_err(|err| format!("reply is not a JSON frame: {err}"))?;
+    if frame.except.is_some() || frame.error.is_some() {
+        let info = frame.error.unwrap_or_else(|| {
+            let text = match frame.except {
+                Some(Value::String(text)) => text,
+                Some(other) => other.to_string(),
+                None => String::new(),
+            };
+            ErrorInfo::new(kind::REMOTE, text)
+        });
+        return Ok(Incoming::Error(info));
+    }
+    match frame.end {
+        Some(true) => Ok(Incoming::End),
+        Some(false) => Ok(Incoming::Item(frame.body.unwrap_or(Value::Null))),
+        None => Err("reply frame has neither __end__ nor __except__".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn falsy_items_are_items() {
+        for value in [
+            json!(0),
+            json!(""),
+            json!(false),
+            json!([]),
+            json!(null),
+            json!({}),
+        ] {
+            let Frame::Item(bytes) = item(&value) else {
+                panic!("encodes")
+            };
+            assert_eq!(decode(&bytes), Ok(Incoming::Item(value)));
+        }
+    }
+
+    #[test]
+    fn python_frames_decode() {
+        assert_eq!(decode(br#"{"__end__": true}"#), Ok(Incoming::End));
+        assert_eq!(
+            decode(br#"{"body": 3, "__end__": false}"#),
+            Ok(Incoming::Item(json!(3)))
+        );
+        assert_eq!(
+            decode(br#"{"__except__": "Traceback ... NameError"}"#),
+            Ok(Incoming::Error(ErrorInfo::new(
+                kind::REMOTE,
+                "Traceback ... NameError"
+            )))
+        );
+    }
+
+    #[test]
+    fn error_frames_carry_both_forms() {
+        let mut info = ErrorInfo::new(kind::SERVICE, "no such todo");
+        info.data = Some(json!({"NotFound": 3}));
+        let bytes = error_bytes(&info);
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["__except__"], json!("no such todo"));
+        assert_eq!(decode(&bytes), Ok(Incoming::Error(info)));
+    }
+}

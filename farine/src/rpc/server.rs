@@ -1,0 +1,450 @@
+//! The RPC entry point: queue `<service>__<method>` bound to the service exchange; each
+//! request is bound to the method's parameters, run, and answered frame by frame to its
+//! `reply_to` with its `correlation_id`. The request is acked after the last frame was
+//! confirmed by the broker, so a crash mid-call means redelivery, never a lost call.
+
+use super::args::Args;
+use super::frame::{self, kind, ErrorInfo, Frame};
+use crate::broker::{Broker, QueueOptions};
+use crate::config::ServiceConfig;
+use crate::context::ServiceContext;
+use crate::registry::panic_text;
+use crate::retry;
+use crate::{Error, Result};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions};
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// What a bound call is: a future of one frame, a stream of frames, or an argument error.
+pub enum Call {
+    Unary(BoxFuture<'static, Frame>),
+    Stream(BoxStream<'static, Frame>),
+    Rejected(ErrorInfo),
+}
+
+/// Binds a request's arguments and starts the method.
+pub type RpcHandler = Arc<dyn Fn(Arc<ServiceContext>, Args) -> Call + Send + Sync>;
+
+/// `#[rpc::method(...)]` as written.
+#[derive(Clone, Debug)]
+pub struct RpcSpec {
+    pub method: &'static str,
+    pub concurrency: Option<u16>,
+    pub broadcast: Option<&'static str>,
+}
+
+pub struct RpcEntry {
+    pub spec: RpcSpec,
+    pub handler: RpcHandler,
+}
+
+/// Unconfirmed frames a stream may have in flight: bounds memory without waiting a round
+/// trip per item.
+const CONFIRM_WINDOW: usize = 256;
+
+pub(crate) struct Attached {
+    label: String,
+    tag: String,
+    channel: lapin::Channel,
+    consumer: lapin::Consumer,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    entry: RpcEntry,
+    context: Arc<ServiceContext>,
+    service: &'static str,
+    queue: String,
+}
+
+/// The queue of `service.method`.
+pub fn queue_name(service: &str, method: &str) -> String {
+    format!("{service}__{method}")
+}
+
+pub(crate) async fn attach(
+    service: &'static str,
+    entry: RpcEntry,
+    context: Arc<ServiceContext>,
+) -> Result<Attached> {
+    let settings: &ServiceConfig = &context.settings;
+    let broker = &context.broker;
+    let label = format!("{service}.{}", entry.spec.method);
+    let queue = queue_name(service, entry.spec.method);
+    let prefetch = entry.spec.concurrency.unwrap_or(settings.concurrency);
+    let channel = broker.consume_channel(prefetch).await?;
+    if settings.auto_declare {
+        broker
+            .declare_exchange(
+                service,
+                settings.exchange_type,
+                settings.durable,
+                settings.auto_delete,
+            )
+            .await?;
+        let options = QueueOptions {
+            durable: settings.durable,
+            exclusive: settings.exclusive,
+            auto_delete: settings.auto_delete,
+            arguments: FieldTable::default(),
+        };
+        Broker::declare_queue(&channel, &queue, &options, Some((service, &queue))).await?;
+    }
+    retry::declare_dead_letter_queue(&channel, &queue).await?;
+    let tag = format!("farine.{label}.{}", uuid::Uuid::new_v4().simple());
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(Error::amqp(format!("{label}: consuming queue {queue:?}")))?;
+    tracing::info!(entry_point = %label, queue = %queue, prefetch, "rpc method attached");
+    Ok(Attached {
+        label,
+        tag,
+        channel,
+        consumer,
+        shared: Arc::new(Shared {
+            entry,
+            context,
+            service,
+            queue,
+        }),
+    })
+}
+
+impl Attached {
+    /// Serves requests until `shutdown`, then lets in-flight calls finish within `grace`.
+    pub(crate) async fn run(mut self, shutdown: CancellationToken, grace: Duration) -> Result<()> {
+        let mut tasks = JoinSet::new();
+        let ended = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break None,
+                next = self.consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        tasks.spawn(serve(self.shared.clone(), delivery, shutdown.clone(), grace));
+                    }
+                    Some(Err(err)) => break Some(format!("the consumer failed: {err}")),
+                    None => break Some("the broker ended the consumer".to_string()),
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        };
+        if ended.is_none() {
+            let _ = self
+                .channel
+                .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+        }
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(entry_point = %self.label, left = tasks.len(), "grace period over: unfinished calls go back to the queue");
+            tasks.abort_all();
+        }
+        match ended {
+            Some(reason) => Err(Error::Runtime(format!(
+                "{} (queue {:?}): {reason}",
+                self.label, self.shared.queue
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Publishes frames to the caller, keeping a bounded window of unconfirmed ones.
+struct Replier<'a> {
+    broker: &'a Broker,
+    reply_to: &'a str,
+    properties: BasicProperties,
+    confirms: VecDeque<lapin::PublisherConfirm>,
+    sent: usize,
+}
+
+impl Replier<'_> {
+    async fn send(&mut self, body: &[u8]) -> Result<()> {
+        if self.confirms.len() >= CONFIRM_WINDOW {
+            self.settle_one().await?;
+        }
+        let confirm = self
+            .broker
+            .publish_pending("", self.reply_to, body, self.properties.clone(), true)
+            .await?;
+        self.confirms.push_back(confirm);
+        self.sent += 1;
+        Ok(())
+    }
+
+    async fn settle_one(&mut self) -> Result<()> {
+        match self.confirms.pop_front() {
+            Some(confirm) => self.broker.settle("", self.reply_to, confirm).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn settle_all(&mut self) -> Result<()> {
+        while !self.confirms.is_empty() {
+            self.settle_one().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Answers one request.
+async fn serve(
+    shared: Arc<Shared>,
+    delivery: Delivery,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let label = format!("{}.{}", shared.service, shared.entry.spec.method);
+    let broker = &shared.context.broker;
+    let Some(reply_to) = delivery
+        .properties
+        .reply_to()
+        .as_ref()
+        .map(|r| r.as_str().to_string())
+    else {
+        let reason = format!("{label}: request without reply_to: nobody to answer");
+        tracing::error!(queue = %shared.queue, delivery_tag = delivery.delivery_tag, "{reason}");
+        let parked = retry::dead_letter(broker, &shared.queue, &delivery, &reason, 1).await;
+        settle(&delivery, parked.is_ok()).await;
+        return;
+    };
+    let mut properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(1);
+    if let Some(id) = delivery.properties.correlation_id() {
+        properties = properties.with_correlation_id(id.clone());
+    }
+    let correlation_id = delivery
+        .properties
+        .correlation_id()
+        .as_ref()
+        .map(|id| id.as_str().to_string())
+        .unwrap_or_default();
+    let mut replier = Replier {
+        broker,
+        reply_to: &reply_to,
+        properties,
+        confirms: VecDeque::new(),
+        sent: 0,
+    };
+
+    let outcome: Result<()> = async {
+        if delivery.data.len() > shared.context.settings.max_message_bytes {
+            let info = ErrorInfo::new(
+                kind::BAD_ARGUMENTS,
+                format!(
+                    "{label}: request of {} bytes is over max_message_bytes = {}",
+                    delivery.data.len(),
+                    shared.context.settings.max_message_bytes
+                ),
+            );
+            return replier.send(&frame::error_bytes(&info)).await;
+        }
+        let call = match Args::parse(&delivery.data, shared.service, shared.entry.spec.method) {
+            Ok(args) => (shared.entry.handler)(shared.context.clone(), args),
+            Err(info) => Call::Rejected(info),
+        };
+        match call {
+            Call::Rejected(info) => {
+                tracing::warn!(call = %label, "bad request: {}", info.message);
+                replier.send(&frame::error_bytes(&info)).await
+            }
+            Call::Unary(future) => {
+                let frame = AssertUnwindSafe(future)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| Frame::Error(panicked(&label, &panic)));
+                match frame {
+                    Frame::Item(bytes) => {
+                        replier.send(&bytes).await?;
+                        replier.send(frame::END).await
+                    }
+                    Frame::Error(info) => replier.send(&frame::error_bytes(&info)).await,
+                }
+            }
+            Call::Stream(stream) => {
+                let cancel = shared.context.streams.register(&correlation_id);
+                let result =
+                    stream_frames(&label, stream, &mut replier, &cancel, &shutdown, grace).await;
+                shared.context.streams.remove(&correlation_id);
+                result
+            }
+        }
+    }
+    .await;
+    let outcome = match outcome {
+        Ok(()) => replier.settle_all().await,
+        Err(err) => Err(err),
+    };
+    match outcome {
+        Ok(()) => settle(&delivery, true).await,
+        Err(Error::Unroutable { .. }) => {
+            // The caller's reply queue is gone: nobody is waiting any more.
+            tracing::info!(call = %label, reply_to = %reply_to, "caller gone, reply dropped");
+            settle(&delivery, true).await;
+        }
+        Err(err) => {
+            tracing::error!(call = %label, "could not reply: {err}");
+            // Nothing reached the caller yet: let the call be served again.
+            settle(&delivery, replier.sent > 0).await;
+        }
+    }
+}
+
+/// Sends one frame per item, then the end frame; stops on cancel from the caller, on an
+/// error item, or when the grace period after shutdown runs out.
+async fn stream_frames(
+    label: &str,
+    stream: BoxStream<'static, Frame>,
+    replier: &mut Replier<'_>,
+    cancel: &CancellationToken,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> Result<()> {
+    let mut stream = AssertUnwindSafe(stream).catch_unwind();
+    let stopped = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::pin!(stopped);
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = cancel.cancelled() => {
+                tracing::debug!(call = %label, "caller cancelled the stream");
+                return Ok(());
+            }
+            _ = &mut stopped => {
+                let info = ErrorInfo::new(kind::INTERNAL, format!("{label}: the service shut down mid-stream"));
+                return replier.send(&frame::error_bytes(&info)).await;
+            }
+        };
+        match next {
+            Some(Ok(Frame::Item(bytes))) => replier.send(&bytes).await?,
+            Some(Ok(Frame::Error(info))) => return replier.send(&frame::error_bytes(&info)).await,
+            Some(Err(panic)) => {
+                return replier
+                    .send(&frame::error_bytes(&panicked(label, &panic)))
+                    .await
+            }
+            None => return replier.send(frame::END).await,
+        }
+    }
+}
+
+fn panicked(label: &str, panic: &Box<dyn std::any::Any + Send>) -> ErrorInfo {
+    let text = panic_text(panic);
+    tracing::error!(call = %label, "method panicked: {text}");
+    ErrorInfo::new(kind::INTERNAL, format!("{label} panicked: {text}"))
+}
+
+async fn settle(delivery: &Delivery, done: bool) {
+    let result = if done {
+        delivery.ack(BasicAckOptions::default()).await
+    } else {
+        delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+    };
+    if let Err(err) = result {
+        tracing::warn!(
+            delivery_tag = delivery.delivery_tag,
+            "could not settle the request (it will be redelivered): {err}"
+        );
+    }
+}
+
+/// Routing key on the service exchange where callers ask to stop a stream (an extension:
+/// Python farine servers never bind it, so the request is simply dropped).
+pub(crate) fn cancel_key(service: &str) -> String {
+    format!("{service}.__cancel__")
+}
+
+/// One exclusive queue per service process that hears stream cancellations: every instance
+/// hears them, and the one running the stream stops it.
+pub(crate) async fn listen_for_cancels(
+    service: &'static str,
+    context: Arc<ServiceContext>,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let channel = context.broker.consume_channel(0).await?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            lapin::options::QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(Error::amqp(format!(
+            "{service}: declaring the stream-cancel queue"
+        )))?;
+    let queue = queue.name().as_str().to_string();
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            service.into(),
+            cancel_key(service).into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(Error::amqp(format!(
+            "{service}: binding the stream-cancel queue"
+        )))?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(Error::amqp(format!(
+            "{service}: consuming the stream-cancel queue"
+        )))?;
+    Ok(tokio::spawn(async move {
+        let _channel = channel;
+        loop {
+            let delivery = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => delivery,
+                    _ => return,
+                },
+            };
+            #[derive(serde::Deserialize)]
+            struct Cancel {
+                correlation_id: String,
+            }
+            if let Ok(cancel) = serde_json::from_slice::<Cancel>(&delivery.data) {
+                context.streams.cancel(&cancel.correlation_id);
+            }
+        }
+    }))
+}
