@@ -1,6 +1,7 @@
-//! The `farine` command: builds and runs service crates (`--start`) and scaffolds new ones
-//! (`farine new`).
+//! The `farine` command: builds and runs service crates (`--start`), calls services
+//! (`farine call`) and scaffolds new ones (`farine new`).
 
+mod call;
 mod scaffold;
 mod start;
 
@@ -35,6 +36,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Call SERVICE.METHOD (Rust or Python farine) and print each result as a JSON line.
+    Call {
+        /// The method to call, e.g. calc.add.
+        #[arg(value_name = "SERVICE.METHOD")]
+        target: String,
+
+        /// Arguments as JSON: an array (positional), an object (by name), or one value.
+        #[arg(value_name = "JSON-ARGS")]
+        args: Option<String>,
+
+        /// Deadline for the call, and longest wait between two items of a stream
+        /// (default: the service's rpc_timeout, 30s).
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+    },
     /// Create a service crate that builds and runs as generated.
     New {
         /// Crate and service name: lowercase letters, digits, `_` or `-`, starting with a letter.
@@ -70,6 +86,11 @@ impl Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Some(Command::Call {
+            target,
+            args,
+            timeout,
+        }) => call::run(&target, args.as_deref(), timeout.as_deref()),
         Some(Command::New { name, path }) => {
             scaffold::run(&name, path.as_deref()).map(|()| ExitCode::SUCCESS)
         }

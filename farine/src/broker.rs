@@ -292,6 +292,7 @@ impl Broker {
 
     /// Closes both connections; unacked deliveries go back to their queues.
     pub async fn close(&self) {
+        let _ = self.publish_channel.close(200, "OK".into()).await;
         let _ = self.consume.close(200, "farine shutdown".into()).await;
         let _ = self.publish.close(200, "farine shutdown".into()).await;
     }

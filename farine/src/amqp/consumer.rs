@@ -143,6 +143,9 @@ impl Attached {
             tracing::warn!(entry_point = %self.label, left = tasks.len(), "grace period over: unfinished messages go back to the queue");
             tasks.abort_all();
         }
+        if ended.is_none() {
+            let _ = self.channel.close(200, "OK".into()).await;
+        }
         match ended {
             Some(reason) => Err(Error::Runtime(format!(
                 "{} (queue {:?}): {reason}",

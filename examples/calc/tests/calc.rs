@@ -1,0 +1,190 @@
+//! The calc example end to end, as a user runs it: the `calc` binary with the repository's
+//! `farine.ini.example`, called over RabbitMQ, then stopped with signals.
+
+use calc::CalcClient;
+use futures::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const INI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../farine.ini.example");
+
+fn require_rabbitmq() {
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], 5672));
+    if std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_err() {
+        panic!("RabbitMQ is not reachable on 127.0.0.1:5672: start it with `rabbitmq-server -detached`");
+    }
+}
+
+fn start_calc() -> Child {
+    require_rabbitmq();
+    Command::new(env!("CARGO_BIN_EXE_calc"))
+        .env("FARINE_INI", INI)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the calc binary starts")
+}
+
+/// Waits until calc answers, proving every entry point is attached.
+async fn ready(client: &CalcClient) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client
+            .clone()
+            .timeout(Duration::from_secs(1))
+            .add(0, 0)
+            .await
+        {
+            Ok(0) => return,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!("calc did not become ready: {other:?}"),
+        }
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calc_serves_rpc_and_events_then_stops_on_sigterm() {
+    let mut child = start_calc();
+    let config = farine::Config::load(INI).expect("farine.ini.example loads");
+    let client = CalcClient::connect(&config).await.expect("client connects");
+    ready(&client).await;
+
+    assert_eq!(client.add(2, 3).await.unwrap(), 5);
+    let items: Vec<u32> = client
+        .count(5)
+        .await
+        .unwrap()
+        .map(|i| i.unwrap())
+        .collect()
+        .await;
+    assert_eq!(items, vec![0, 1, 2, 3, 4]);
+
+    // The event path: an operation on calc/operations comes back as a sum on calc/results.
+    let connection = Connection::connect(
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let queue = "t_calc_example.results";
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.into(),
+            "calc".into(),
+            "results".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            "calc".into(),
+            "operations".into(),
+            BasicPublishOptions::default(),
+            br#"{"a": 20, "b": 22}"#,
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sum = loop {
+        let got = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap();
+        if let Some(message) = got {
+            break serde_json::from_slice::<serde_json::Value>(&message.delivery.data).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no result published");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(sum, serde_json::json!({"sum": 42}));
+    let _ = connection.close(200, "OK".into()).await;
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(15)).expect("calc exits after SIGTERM");
+    assert!(status.success(), "graceful stop exits 0, got {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let mut child = start_calc();
+    let config = farine::Config::load(INI).unwrap();
+    let client = CalcClient::connect(&config).await.unwrap();
+    ready(&client).await;
+    // A call in flight keeps the graceful stop waiting; the second signal cuts it short.
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .count(2_000_000)
+                .await
+                .map(|s| s.take(1).collect::<Vec<_>>())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let pid = Pid::from_raw(child.id() as i32);
+    kill(pid, Signal::SIGINT).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    kill(pid, Signal::SIGINT).unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(5))
+        .expect("calc exits at once on the second signal");
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "the second signal exits at once: {status:?}"
+    );
+    let _ = slow.await;
+}
+
+#[test]
+fn an_unknown_key_value_stops_the_start_with_where_and_what() {
+    let dir = std::env::temp_dir().join(format!("farine-calc-badini-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ini = dir.join("farine.ini");
+    std::fs::write(&ini, "[DEFAULT]\namqp_uri = amqp://guest:secret@127.0.0.1:5672/%2f\n[calc]\nconcurrency = many\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_calc"))
+        .env("FARINE_INI", &ini)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("[calc] concurrency") && stderr.contains("many"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("secret"),
+        "the password never appears: {stderr}"
+    );
+}
