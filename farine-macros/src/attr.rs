@@ -16,18 +16,89 @@ pub enum Kind {
 impl Kind {
     fn describe(self) -> &'static str {
         match self {
-            Kind::Str => "a string literal, e.g. \"orders\"",
-            Kind::Int => "an integer literal, e.g. 10",
+            Kind::Str => "a string literal",
+            Kind::Int => "an integer literal",
             Kind::Bool => "`true` or `false`",
         }
     }
 
     fn accepts(self, lit: &Lit) -> bool {
-        matches!(
-            (self, lit),
-            (Kind::Str, Lit::Str(_)) | (Kind::Int, Lit::Int(_)) | (Kind::Bool, Lit::Bool(_))
-        )
+        match (self, lit) {
+            (Kind::Str, Lit::Str(_)) | (Kind::Bool, Lit::Bool(_)) => true,
+            // A suffix (`10u8`) would change the literal's type in the generated code.
+            (Kind::Int, Lit::Int(int)) => int.suffix().is_empty(),
+            _ => false,
+        }
     }
+}
+
+/// A typical value of `key`, as written in an attribute, for "write ..." hints.
+fn example(key: &str, kind: Kind) -> &'static str {
+    match key {
+        "name" => "\"shop\"",
+        "exchange" => "\"orders\"",
+        "routing_key" => "\"created\"",
+        "exchange_type" => "\"topic\"",
+        "queue" => "\"shop.orders\"",
+        "endpoint" => "\"https://example.com/events\"",
+        "restart_delay" => "\"5s\"",
+        "concurrency" => "10",
+        "max_restarts" => "3",
+        _ => match kind {
+            Kind::Str => "\"...\"",
+            Kind::Int => "1",
+            Kind::Bool => "true",
+        },
+    }
+}
+
+/// What to write instead of `lit` for `key`: the same value with the right literal type
+/// when there is one (`routing_key = 5` -> `routing_key = "5"`), else a typical value.
+fn correction(key: &str, kind: Kind, lit: &Lit) -> String {
+    let same = match (kind, lit) {
+        (Kind::Str, Lit::Int(int)) => Some(format!("{:?}", int.base10_digits())),
+        (Kind::Str, Lit::Float(float)) => Some(format!("{:?}", float.base10_digits())),
+        (Kind::Str, Lit::Bool(b)) => Some(format!("\"{}\"", b.value)),
+        (Kind::Int, Lit::Int(int)) => Some(int.base10_digits().to_string()),
+        (Kind::Int, Lit::Str(s)) => s.value().trim().parse::<u64>().ok().map(|n| n.to_string()),
+        (Kind::Bool, Lit::Str(s)) => match s.value().trim() {
+            "true" => Some("true".to_string()),
+            "false" => Some("false".to_string()),
+            _ => None,
+        },
+        _ => None,
+    };
+    format!(
+        "{key} = {}",
+        same.unwrap_or_else(|| example(key, kind).to_string())
+    )
+}
+
+/// The schema key closest to a misspelled `key`, if one is close enough to be a typo.
+fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|candidate| (edit_distance(key, candidate), *candidate))
+        .filter(|(distance, candidate)| *distance <= 1.max(candidate.len() / 3))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// One attribute's arguments, checked against the attribute's schema.
@@ -38,40 +109,87 @@ pub struct Args {
 impl Args {
     /// Parses `tokens` as the arguments of `#[<what>(...)]`, allowing only `schema`'s keys.
     pub fn parse(what: &str, schema: &[(&str, Kind)], tokens: TokenStream) -> syn::Result<Args> {
+        let known: Vec<&str> = schema.iter().map(|(name, _)| *name).collect();
+        let takes = if known.is_empty() {
+            format!("#[{what}] takes no arguments")
+        } else {
+            format!("#[{what}] takes: {}", known.join(", "))
+        };
+        // `#[amqp::consume("orders")]`: syn's own message ("expected ident") says nothing useful.
+        if let Some(proc_macro2::TokenTree::Literal(first)) = tokens.clone().into_iter().next() {
+            let hint = match schema.first() {
+                Some((key, kind)) => format!(
+                    "name each argument: write #[{what}({key} = {}, ...)]; {takes}",
+                    example(key, *kind)
+                ),
+                None => takes.clone(),
+            };
+            return Err(syn::Error::new(first.span(), hint));
+        }
         let mut values: Vec<(syn::Ident, Lit)> = Vec::new();
         let parser = syn::meta::parser(|meta| {
-            let ident = meta
-                .path
-                .get_ident()
-                .cloned()
-                .ok_or_else(|| meta.error(format!("expected an argument name of #[{what}]")))?;
+            let Some(ident) = meta.path.get_ident().cloned() else {
+                return Err(syn::Error::new_spanned(
+                    &meta.path,
+                    format!("expected an argument name such as `{}`; {takes}", known.first().unwrap_or(&"name")),
+                ));
+            };
             let key = ident.to_string();
             let Some((_, kind)) = schema.iter().find(|(name, _)| *name == key) else {
-                let known: Vec<&str> = schema.iter().map(|(name, _)| *name).collect();
-                let expected = if known.is_empty() {
-                    "it takes no arguments".to_string()
-                } else {
-                    format!("expected one of: {}", known.join(", "))
+                let message = match closest(&key, &known) {
+                    Some(guess) => format!(
+                        "unknown argument `{key}` of #[{what}]: did you mean `{guess}`? {takes}"
+                    ),
+                    None => format!("unknown argument `{key}` of #[{what}]; {takes}"),
                 };
-                return Err(syn::Error::new(
-                    ident.span(),
-                    format!("unknown argument `{key}` of #[{what}]; {expected}"),
-                ));
+                return Err(syn::Error::new(ident.span(), message));
             };
             if values.iter().any(|(seen, _)| *seen == ident) {
                 return Err(syn::Error::new(
                     ident.span(),
-                    format!("duplicate argument `{key}` of #[{what}]"),
+                    format!("`{key}` is given twice in #[{what}]: keep one"),
                 ));
             }
-            let lit: Lit = meta.value()?.parse().map_err(|err| {
-                syn::Error::new(err.span(), format!("`{key}` expects {}", kind.describe()))
-            })?;
-            if !kind.accepts(&lit) {
+            if !meta.input.peek(syn::Token![=]) {
                 return Err(syn::Error::new(
-                    lit.span(),
-                    format!("`{key}` expects {}", kind.describe()),
+                    ident.span(),
+                    format!(
+                        "`{key}` needs a value: write `{key} = {}`",
+                        example(&key, *kind)
+                    ),
                 ));
+            }
+            let value = meta.value()?;
+            let lit: Lit = match value.parse() {
+                Ok(lit) => lit,
+                Err(_) => {
+                    // A constant or an expression: only literals can be read by the macro.
+                    let expr: syn::Expr = value.parse()?;
+                    return Err(syn::Error::new_spanned(
+                        expr,
+                        format!(
+                            "`{key}` expects {}, not an expression: write `{key} = {}`",
+                            kind.describe(),
+                            example(&key, *kind)
+                        ),
+                    ));
+                }
+            };
+            if !kind.accepts(&lit) {
+                let unsuffixed = matches!((kind, &lit), (Kind::Int, Lit::Int(_)));
+                let message = if unsuffixed {
+                    format!(
+                        "`{key}` expects an integer literal without a type suffix: write `{}`",
+                        correction(&key, *kind, &lit)
+                    )
+                } else {
+                    format!(
+                        "`{key}` expects {}: write `{}`",
+                        kind.describe(),
+                        correction(&key, *kind, &lit)
+                    )
+                };
+                return Err(syn::Error::new(lit.span(), message));
             }
             values.push((ident, lit));
             Ok(())
@@ -89,10 +207,20 @@ impl Args {
         match &attr.meta {
             syn::Meta::Path(_) => Ok(Args { values: Vec::new() }),
             syn::Meta::List(list) => Args::parse(what, schema, list.tokens.clone()),
-            syn::Meta::NameValue(nv) => Err(syn::Error::new_spanned(
-                &nv.value,
-                format!("write #[{what}(key = value, ...)]"),
-            )),
+            syn::Meta::NameValue(nv) => {
+                let eq = &nv.eq_token;
+                let value = &nv.value;
+                let example = match schema.first() {
+                    Some((key, kind)) => format!("#[{what}({key} = {}, ...)]", example(key, *kind)),
+                    None => format!("#[{what}]"),
+                };
+                Err(syn::Error::new_spanned(
+                    quote::quote!(#eq #value),
+                    format!(
+                        "#[{what}] takes named arguments in parentheses: write {example}, or #[{what}] for the defaults"
+                    ),
+                ))
+            }
         }
     }
 

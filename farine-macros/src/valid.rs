@@ -2,7 +2,8 @@
 //! errors of a service are reported together so the user fixes them in one pass.
 
 use crate::ast::{EntryKind, Injected, Method, Service};
-use syn::spanned::Spanned;
+use proc_macro2::Span;
+use quote::ToTokens;
 use syn::{FnArg, Pat, ReturnType, Type};
 
 #[derive(Default)]
@@ -16,22 +17,32 @@ impl Errors {
         }
     }
 
-    fn at(&mut self, span: impl Spanned, message: impl std::fmt::Display) {
-        self.push(syn::Error::new(span.span(), message));
+    /// An error covering all of `tokens` (`new_spanned`: on stable Rust a joined `Span` would
+    /// only cover the first token, e.g. the `#` of an attribute).
+    fn at(&mut self, tokens: impl ToTokens, message: impl std::fmt::Display) {
+        self.push(syn::Error::new_spanned(tokens, message));
+    }
+
+    fn at_span(&mut self, span: Span, message: impl std::fmt::Display) {
+        self.push(syn::Error::new(span, message));
     }
 }
 
 pub fn check(service: &Service) -> syn::Result<()> {
     let mut errors = Errors::default();
     let item = &service.item;
+    let ty = &service.ty_ident;
     if let Some((_, path, _)) = &item.trait_ {
         errors.at(
             path,
-            "#[farine::service] goes on an inherent `impl YourType { ... }`, not a trait impl",
+            format!("#[farine::service] goes on an inherent impl, not a trait impl: move the entry points into `impl {ty} {{ ... }}`"),
         );
     }
     if !item.generics.params.is_empty() {
-        errors.at(&item.generics, "a farine service cannot be generic");
+        errors.at(
+            &item.generics,
+            format!("a farine service cannot be generic: the runtime builds one instance of one type; write the impl for a concrete type, e.g. `impl {ty}<Concrete> {{ ... }}`"),
+        );
     }
     let name_ok = !service.name.is_empty()
         && service
@@ -39,11 +50,12 @@ pub fn check(service: &Service) -> syn::Result<()> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c));
     if !name_ok {
-        errors.at(
+        errors.at_span(
             service.name_span,
             format!(
-                "service name {:?}: expected lowercase letters, digits, `_`, `-` or `.`",
-                service.name
+                "service name {:?} may only hold lowercase letters, digits, `_`, `-` and `.`: write `#[farine::service(name = {:?})]`",
+                service.name,
+                suggested_name(&service.name)
             ),
         );
     }
@@ -60,36 +72,48 @@ fn check_method(method: &Method, errors: &mut Errors) {
         errors.at(
             &extra.attr,
             format!(
-                "`{name}` already is a #[{}] entry point; a method has at most one entry point",
-                method.entries[0].kind.shown()
+                "`{name}` is already a #[{}] entry point and a method has only one: put #[{}] on a method of its own",
+                method.entries[0].kind.shown(),
+                extra.kind.shown()
             ),
         );
     }
     for (extra, _) in method.publishes.iter().skip(1) {
-        errors.at(extra, format!("duplicate #[amqp::publish] on `{name}`"));
+        errors.at(
+            extra,
+            format!("`{name}` already has #[amqp::publish] and a method has one publisher: publish to another destination from a method of its own"),
+        );
     }
 
+    // What the method is, for messages: its entry point, else its publisher.
+    let shown = method
+        .entry()
+        .map(|e| e.kind.shown())
+        .unwrap_or("amqp::publish");
     match sig.receiver() {
         Some(receiver) if receiver.reference.is_some() && receiver.mutability.is_none() => {}
         Some(receiver) => errors.at(
             receiver,
-            format!("`{name}` must take `&self`: one instance of the service is shared by all its entry points"),
+            format!("#[{shown}] `{name}` must take `&self`, not `{}`: one instance of the service is shared by all its entry points", show(receiver)),
         ),
         None => errors.at(
             &sig.ident,
-            format!("`{name}` must take `&self`: farine calls it on the service instance"),
+            format!("#[{shown}] `{name}` must take `&self`: farine calls it on the service instance; write `fn {name}(&self, ...)`"),
         ),
     }
     if !sig.generics.params.is_empty() {
         errors.at(
             &sig.generics,
-            format!("`{name}` cannot be generic: farine must know the types it decodes"),
+            format!("#[{shown}] `{name}` cannot be generic: farine must know the types it decodes; use concrete types (`serde_json::Value` accepts any JSON)"),
         );
     }
     let entry = method.entry();
     let needs_async = !matches!(entry.map(|e| e.kind), Some(EntryKind::Rpc));
     if needs_async && sig.asyncness.is_none() {
-        errors.at(sig.fn_token, format!("`{name}` must be an `async fn`"));
+        errors.at(
+            sig.fn_token,
+            format!("#[{shown}] `{name}` must be an `async fn`: write `async fn {name}(...)`"),
+        );
     }
     if let Some(entry) = entry {
         if entry.kind == EntryKind::Rpc && sig.asyncness.is_none() && !returns_stream(&sig.output) {
@@ -107,8 +131,12 @@ fn check_method(method: &Method, errors: &mut Errors) {
     for (_, args) in &method.publishes {
         for key in ["exchange", "routing_key"] {
             if let Some(lit) = args.str(key) {
-                if lit.value().contains(char::is_whitespace) {
-                    errors.at(&lit, format!("`{key}` cannot contain whitespace"));
+                let value = lit.value();
+                if value.contains(char::is_whitespace) {
+                    errors.at(
+                        &lit,
+                        format!("`{key}` cannot contain whitespace: write e.g. {:?}", value.split_whitespace().collect::<Vec<_>>().join("-")),
+                    );
                 }
             }
         }
@@ -143,10 +171,19 @@ fn check_params(method: &Method, errors: &mut Errors) {
                 "#[amqp::publish] gives `{name}` a publisher: add a parameter `publish: Publisher`"
             ),
         ),
-        (Some(_), _) => errors.at(
-            &sig.inputs,
-            format!("`{name}` takes one `Publisher` parameter, not {publishers}"),
-        ),
+        (Some(_), _) => {
+            for param in method
+                .params
+                .iter()
+                .filter(|p| p.injected == Some(Injected::Publisher))
+                .skip(1)
+            {
+                errors.at(
+                    &param.ty,
+                    format!("`{name}` takes one `Publisher` parameter, not {publishers}: remove this one"),
+                );
+            }
+        }
     }
 
     for input in &sig.inputs {
@@ -154,7 +191,7 @@ fn check_params(method: &Method, errors: &mut Errors) {
             if let Type::ImplTrait(_) = &*typed.ty {
                 errors.at(
                     &typed.ty,
-                    "`impl Trait` parameters are not supported: name the type",
+                    "`impl Trait` parameters are not supported: farine must know the type it decodes; write a concrete type, e.g. `order: Order` or `body: serde_json::Value`",
                 );
             }
         }
@@ -163,9 +200,14 @@ fn check_params(method: &Method, errors: &mut Errors) {
     let Some(entry) = method.entry() else { return };
     for param in method.message_params() {
         if let Type::Reference(reference) = &*param.ty {
+            let owned = owned(&reference.elem);
             errors.at(
                 reference,
-                "the runtime decodes this parameter from the message, so it must be an owned type (`String`, not `&str`)",
+                format!(
+                    "`{}` is decoded from the message, so it cannot borrow: write `{}: {owned}`",
+                    show(&param.pat),
+                    show(&param.pat),
+                ),
             );
         }
     }
@@ -179,17 +221,24 @@ fn check_params(method: &Method, errors: &mut Errors) {
             };
             match message.len() {
                 1 => {}
-                0 => errors.at(
-                    &sig.inputs,
+                0 => errors.at_span(
+                    sig.paren_token.span.join(),
                     format!("#[{}] `{name}` must take the {what}", entry.kind.shown()),
                 ),
                 _ => {
+                    let first = show(&message[0].pat);
+                    let what = if entry.kind == EntryKind::Consume {
+                        "message body"
+                    } else {
+                        "event"
+                    };
                     for extra in &message[1..] {
                         errors.at(
                             &extra.pat,
                             format!(
-                                "#[{}] `{name}` takes one {what}; farine cannot supply this parameter",
-                                entry.kind.shown()
+                                "#[{}] `{name}` already takes its {what} as `{first}`, and farine cannot supply `{}`: put everything the message carries in one type, e.g. `#[derive(Deserialize)] struct Body {{ ... }}`",
+                                entry.kind.shown(),
+                                show(&extra.pat),
                             ),
                         );
                     }
@@ -200,7 +249,7 @@ fn check_params(method: &Method, errors: &mut Errors) {
             for extra in &message {
                 errors.at(
                     &extra.pat,
-                    format!("#[execute::method] `{name}` is started by the runtime with no arguments; farine cannot supply this parameter"),
+                    format!("#[execute::method] `{name}` is started by the runtime with no arguments, so farine cannot supply `{}`: remove it and keep such settings in the service's fields", show(&extra.pat)),
                 );
             }
         }
@@ -210,7 +259,7 @@ fn check_params(method: &Method, errors: &mut Errors) {
                 {
                     errors.at(
                         &param.pat,
-                        "an RPC parameter must be a plain name: callers may pass it by name in `kwargs`",
+                        format!("#[rpc::method] `{name}` takes plain named parameters (callers may pass them by name): write a name, e.g. `args: {}`, and destructure it in the body", show(&param.ty)),
                     );
                 }
             }
@@ -222,14 +271,17 @@ fn check_entry_args(method: &Method, entry: &crate::ast::Entry, errors: &mut Err
     let args = &entry.args;
     if let Some(lit) = args.int("concurrency") {
         if !matches!(lit.base10_parse::<u16>(), Ok(n) if n > 0) {
-            errors.at(&lit, "`concurrency` expects a whole number from 1 to 65535");
+            errors.at(
+                &lit,
+                "`concurrency` is how many messages are handled at once: expected a whole number from 1 to 65535, e.g. `concurrency = 10`",
+            );
         }
     }
     if let Some(lit) = args.str("exchange_type") {
         if !["direct", "topic", "fanout", "headers"].contains(&lit.value().as_str()) {
             errors.at(
                 &lit,
-                "`exchange_type` expects one of \"direct\", \"topic\", \"fanout\", \"headers\"",
+                format!("unknown `exchange_type` {:?}: write one of \"direct\", \"topic\", \"fanout\", \"headers\"", lit.value()),
             );
         }
     }
@@ -237,9 +289,15 @@ fn check_entry_args(method: &Method, entry: &crate::ast::Entry, errors: &mut Err
         if let Some(lit) = args.str(key) {
             let value = lit.value();
             if value.contains(char::is_whitespace) {
-                errors.at(&lit, format!("`{key}` cannot contain whitespace"));
+                errors.at(
+                    &lit,
+                    format!("`{key}` cannot contain whitespace: write e.g. {:?}", value.split_whitespace().collect::<Vec<_>>().join("-")),
+                );
             } else if value.is_empty() && key != "routing_key" {
-                errors.at(&lit, format!("`{key}` cannot be empty"));
+                errors.at(
+                    &lit,
+                    format!("`{key}` cannot be empty: name it, or leave `{key}` out for the default"),
+                );
             }
         }
     }
@@ -247,7 +305,7 @@ fn check_entry_args(method: &Method, entry: &crate::ast::Entry, errors: &mut Err
         if parse_duration_ms(&lit.value()).is_none() {
             errors.at(
                 &lit,
-                "`restart_delay` expects a duration such as \"500ms\", \"5s\", \"2m\" or \"1h\"",
+                format!("`restart_delay` {:?} is not a duration: write a whole number and a unit, e.g. \"500ms\", \"5s\", \"2m\" or \"1h\"", lit.value()),
             );
         }
     }
@@ -260,6 +318,60 @@ fn check_entry_args(method: &Method, entry: &crate::ast::Entry, errors: &mut Err
         }
     }
     let _ = method;
+}
+
+/// A valid service name close to `name`: lowercase, other characters replaced by `-`.
+fn suggested_name(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.trim().chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c) {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let out = out.trim_matches('-').to_string();
+    if out.is_empty() {
+        "my-service".to_string()
+    } else {
+        out
+    }
+}
+
+/// Source text of a type, pattern or receiver as a user would write it (`&mut self`, not the
+/// token stream's `& mut self`).
+fn show(tokens: impl ToTokens) -> String {
+    let mut text = tokens.to_token_stream().to_string();
+    for (from, to) in [
+        (" ,", ","),
+        ("( ", "("),
+        (" )", ")"),
+        ("[ ", "["),
+        (" ]", "]"),
+        (" <", "<"),
+        ("< ", "<"),
+        (" >", ">"),
+        ("& ", "&"),
+        (" :: ", "::"),
+        (":: ", "::"),
+        (" : ", ": "),
+        ("' ", "'"),
+    ] {
+        text = text.replace(from, to);
+    }
+    text
+}
+
+/// The owned type to decode instead of a borrowed one: `&str` -> `String`, `&[T]` ->
+/// `Vec<T>`, `&T` -> `T`.
+fn owned(elem: &Type) -> String {
+    match elem {
+        Type::Path(path) if path.path.is_ident("str") => "String".to_string(),
+        Type::Slice(slice) => format!("Vec<{}>", show(&slice.elem)),
+        Type::Reference(inner) => owned(&inner.elem),
+        other => show(other),
+    }
 }
 
 /// `"500ms"`, `"5s"`, `"2m"`, `"1h"` as milliseconds.

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 const INI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../farine.ini.example");
 
+/// The tests that run calc share its queues: one at a time, so each talks to its own process.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn require_rabbitmq() {
     let address = std::net::SocketAddr::from(([127, 0, 0, 1], 5672));
     if std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_err() {
@@ -60,6 +63,7 @@ fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitSt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calc_serves_rpc_and_events_then_stops_on_sigterm() {
+    let _serial = SERIAL.lock().await;
     let mut child = start_calc();
     let config = farine::Config::load(INI).expect("farine.ini.example loads");
     let client = CalcClient::connect(&config).await.expect("client connects");
@@ -137,6 +141,7 @@ async fn calc_serves_rpc_and_events_then_stops_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
+    let _serial = SERIAL.lock().await;
     let mut child = start_calc();
     let config = farine::Config::load(INI).unwrap();
     let client = CalcClient::connect(&config).await.unwrap();
@@ -163,7 +168,7 @@ async fn a_second_signal_exits_at_once() {
         Some(130),
         "the second signal exits at once: {status:?}"
     );
-    let _ = slow.await;
+    slow.abort();
 }
 
 #[test]
