@@ -230,7 +230,7 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
                 }
             });
             let frame_of = quote! {{
-                #[allow(unused_imports)]
+                #[allow(unused_imports, clippy::needless_borrow)]
                 use ::farine::__private::{ViaDisplayError as _, ViaSerializableError as _, ViaValue as _};
                 (&&&::farine::__private::Returned(__out)).frame()
             }};

@@ -27,12 +27,12 @@ where
 }
 
 /// Encodes each item of a method's stream; an error item ends the stream.
-pub fn frames<S, F>(stream: S, mut frame: F) -> BoxStream<'static, Frame>
+pub fn frames<S, F>(stream: S, frame: F) -> BoxStream<'static, Frame>
 where
     S: Stream + Send + 'static,
     F: FnMut(S::Item) -> Frame + Send + 'static,
 {
-    stream.map(move |item| frame(item)).boxed()
+    stream.map(frame).boxed()
 }
 
 pub fn error_frame(err: crate::Error) -> Frame {

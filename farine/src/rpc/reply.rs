@@ -4,6 +4,7 @@
 //!    Rust caller can rebuild it as `E`;
 //! 2. `Result<T, E>` with `E: Display`: the error travels as text;
 //! 3. any `T: Serialize`: the value itself.
+//!
 //! (Autoref specialization: it works because the generated code names concrete types.)
 
 use super::frame::{item, kind, ErrorInfo, Frame};
@@ -54,6 +55,7 @@ impl<T: Serialize> ViaValue for Returned<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_borrow)] // the borrows are the point: they pick the impl
 mod tests {
     use super::*;
     use crate::rpc::frame::{decode, Incoming};
