@@ -98,7 +98,10 @@ fn check_method(method: &Method, errors: &mut Errors) {
         ),
         None => errors.at(
             &sig.ident,
-            format!("#[{shown}] `{name}` must take `&self`: farine calls it on the service instance; write `fn {name}(&self, ...)`"),
+            format!(
+                "#[{shown}] `{name}` must take `&self`: farine calls it on the service instance; write `{}fn {name}(&self, ...)`",
+                if sig.asyncness.is_some() { "async " } else { "" }
+            ),
         ),
     }
     if !sig.generics.params.is_empty() {
@@ -119,7 +122,7 @@ fn check_method(method: &Method, errors: &mut Errors) {
         if entry.kind == EntryKind::Rpc && sig.asyncness.is_none() && !returns_stream(&sig.output) {
             errors.at(
                 sig.fn_token,
-                format!("#[rpc::method] `{name}` must be an `async fn`, or a `fn` returning `impl Stream<Item = T> + Send + 'static` for a streaming method"),
+                format!("#[rpc::method] `{name}` must be an `async fn` (write `async fn {name}(...)`), or a `fn` returning `impl Stream<Item = T> + Send + 'static` for a streaming method"),
             );
         }
     }
@@ -135,7 +138,10 @@ fn check_method(method: &Method, errors: &mut Errors) {
                 if value.contains(char::is_whitespace) {
                     errors.at(
                         &lit,
-                        format!("`{key}` cannot contain whitespace: write e.g. {:?}", value.split_whitespace().collect::<Vec<_>>().join("-")),
+                        format!(
+                            "`{key}` cannot contain whitespace: write e.g. {:?}",
+                            value.split_whitespace().collect::<Vec<_>>().join("-")
+                        ),
                     );
                 }
             }
@@ -161,7 +167,7 @@ fn check_params(method: &Method, errors: &mut Errors) {
             {
                 errors.at(
                     &param.ty,
-                    format!("a `Publisher` parameter needs #[amqp::publish(exchange = \"...\", routing_key = \"...\")] on `{name}`, which says where it publishes"),
+                    format!("`{name}` takes a `Publisher` but has no #[amqp::publish]: add #[amqp::publish(exchange = \"...\", routing_key = \"...\")] to `{name}` to say where it publishes"),
                 );
             }
         }
@@ -291,12 +297,17 @@ fn check_entry_args(method: &Method, entry: &crate::ast::Entry, errors: &mut Err
             if value.contains(char::is_whitespace) {
                 errors.at(
                     &lit,
-                    format!("`{key}` cannot contain whitespace: write e.g. {:?}", value.split_whitespace().collect::<Vec<_>>().join("-")),
+                    format!(
+                        "`{key}` cannot contain whitespace: write e.g. {:?}",
+                        value.split_whitespace().collect::<Vec<_>>().join("-")
+                    ),
                 );
             } else if value.is_empty() && key != "routing_key" {
                 errors.at(
                     &lit,
-                    format!("`{key}` cannot be empty: name it, or leave `{key}` out for the default"),
+                    format!(
+                        "`{key}` cannot be empty: name it, or leave `{key}` out for the default"
+                    ),
                 );
             }
         }

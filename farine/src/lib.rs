@@ -53,9 +53,9 @@ pub use farine_macros::service;
 pub use runtime::{run, Running, Runtime};
 
 pub use amqp::Publisher;
-pub use rpc::Client;
 /// Re-exported so service crates can log and handle JSON without adding the crates.
 pub use futures;
+pub use rpc::Client;
 pub use serde_json;
 pub use tracing;
 

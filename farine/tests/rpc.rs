@@ -345,7 +345,10 @@ async fn rpc_end_to_end() {
 
     running.shutdown().await.unwrap();
     let raw = Raw::connect().await;
+    let dead: Vec<String> = QUEUES.iter().map(|q| format!("{q}.dlq")).collect();
     raw.delete_queues(QUEUES).await;
+    raw.delete_queues(&dead.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
     raw.delete_exchanges(&["t_maths", "t_proxy"]).await;
 }
 

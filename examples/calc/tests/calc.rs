@@ -137,6 +137,35 @@ async fn calc_serves_rpc_and_events_then_stops_on_sigterm() {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let status = wait_exit(&mut child, Duration::from_secs(15)).expect("calc exits after SIGTERM");
     assert!(status.success(), "graceful stop exits 0, got {status:?}");
+    cleanup().await;
+}
+
+/// Deletes what calc declared, so the tests leave nothing behind.
+async fn cleanup() {
+    let connection = Connection::connect(
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut queues = vec!["calc__add".to_string(), "calc__count".to_string()];
+    for queue in ["operations", "results"] {
+        queues.push(queue.to_string());
+        for ms in [1000, 2000, 4000] {
+            queues.push(format!("{queue}.retry.{ms}ms"));
+        }
+    }
+    let dead: Vec<String> = queues.iter().map(|q| format!("{q}.dlq")).collect();
+    for queue in queues.iter().chain(&dead) {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = channel
+        .exchange_delete("calc".into(), ExchangeDeleteOptions::default())
+        .await;
+    let _ = connection.close(200, "OK".into()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,95 @@
+//! The service processes: this binary run again as `farine-bench __serve <kind>`.
+//!
+//! Line protocol on the child's stdin/stdout: the child prints `ready` once it consumes;
+//! `expect N` arms its message counter and is answered `armed`; it prints `done` when N
+//! messages were handled; end of stdin stops it gracefully.
+
+use crate::Res;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{ChildStdin, ChildStdout, Command};
+
+pub struct Child {
+    kind: &'static str,
+    process: tokio::process::Child,
+    stdin: Option<ChildStdin>,
+    stdout: Lines<BufReader<ChildStdout>>,
+    pid: u32,
+}
+
+impl Child {
+    /// Starts `__serve kind` and waits until it is ready.
+    pub async fn spawn(kind: &'static str) -> Res<Child> {
+        let exe = std::env::current_exe()?;
+        let mut command = Command::new(exe);
+        command
+            .arg("__serve")
+            .arg(kind)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn");
+        }
+        let mut process = command.spawn()?;
+        let pid = process.id().ok_or("the service process exited at once")?;
+        let stdin = process.stdin.take();
+        let stdout = BufReader::new(process.stdout.take().ok_or("no stdout")?).lines();
+        let mut child = Child {
+            kind,
+            process,
+            stdin,
+            stdout,
+            pid,
+        };
+        child.expect("ready", Duration::from_secs(60)).await?;
+        Ok(child)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits for the line `want` from the child.
+    pub async fn expect(&mut self, want: &str, within: Duration) -> Res<()> {
+        let kind = self.kind;
+        let line = tokio::time::timeout(within, self.stdout.next_line())
+            .await
+            .map_err(|_| format!("service process {kind}: no {want:?} within {within:?}"))??;
+        match line {
+            Some(line) if line.trim() == want => Ok(()),
+            Some(line) => Err(format!("service process {kind}: expected {want:?}, got {line:?}").into()),
+            None => Err(format!("service process {kind} exited (expected {want:?})").into()),
+        }
+    }
+
+    /// Arms the child's counter for `n` messages.
+    pub async fn arm(&mut self, n: u64) -> Res<()> {
+        let stdin = self.stdin.as_mut().ok_or("stdin closed")?;
+        stdin.write_all(format!("expect {n}\n").as_bytes()).await?;
+        stdin.flush().await?;
+        self.expect("armed", Duration::from_secs(10)).await
+    }
+
+    /// Resident memory of the child, in MiB.
+    pub fn rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    }
+
+    /// Closes its stdin (a graceful stop) and waits for it to exit.
+    pub async fn stop(mut self) {
+        drop(self.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(15), self.process.wait())
+            .await
+            .is_err()
+        {
+            eprintln!("service process {} did not stop: killing it", self.kind);
+            let _ = self.process.kill().await;
+        }
+    }
+}
