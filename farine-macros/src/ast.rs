@@ -42,6 +42,18 @@ pub struct Entry {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Injected {
     Publisher,
+    /// `db: Db`: a pooled connection, owned by the call.
+    Db,
+    /// `db: &mut Db`.
+    DbRef,
+    /// `tx: &mut Tx`: committed or rolled back by the entry point.
+    Tx,
+    /// `tx: Tx` by value, which the entry point could not commit: rejected by `valid`.
+    TxByValue,
+    /// `events: Broadcast`: events published after the call succeeded.
+    Broadcast,
+    /// `shutdown: Shutdown`: tells a long-running method to stop.
+    Shutdown,
     /// `farine::Client` or a generated `<Service>Client`: any type named `...Client`.
     Client,
 }
@@ -100,12 +112,22 @@ fn classify(attr: &Attribute) -> Option<FarineAttr> {
 }
 
 fn injected(ty: &Type) -> Option<Injected> {
+    let (by_mut_ref, ty) = match ty {
+        Type::Reference(reference) if reference.mutability.is_some() => (true, &*reference.elem),
+        other => (false, other),
+    };
     let Type::Path(path) = ty else { return None };
     let last = path.path.segments.last()?;
     let name = last.ident.to_string();
-    match name.as_str() {
-        "Publisher" => Some(Injected::Publisher),
-        _ if name.ends_with("Client") => Some(Injected::Client),
+    match (name.as_str(), by_mut_ref) {
+        ("Publisher", false) => Some(Injected::Publisher),
+        ("Db", false) => Some(Injected::Db),
+        ("Db", true) => Some(Injected::DbRef),
+        ("Tx", true) => Some(Injected::Tx),
+        ("Tx", false) => Some(Injected::TxByValue),
+        ("Broadcast", false) => Some(Injected::Broadcast),
+        ("Shutdown", false) => Some(Injected::Shutdown),
+        (_, false) if name.ends_with("Client") => Some(Injected::Client),
         _ => None,
     }
 }

@@ -104,35 +104,86 @@ fn registration(service: &Service) -> TokenStream {
     }
 }
 
-/// The arguments of the call to the user's method, in declaration order, and the statements
-/// that inject the runtime-supplied ones (inside an async block, with `__ctx` in scope).
-/// `on_error` turns a `farine::Error` into the block's early return value.
-fn call_arguments(method: &Method, on_error: &TokenStream) -> (Vec<TokenStream>, TokenStream) {
-    let mut arguments = Vec::new();
-    let mut injections = TokenStream::new();
+/// How the user's method is called: its arguments in declaration order, the statements that
+/// inject the runtime-supplied ones (inside an async block, with `__ctx` in scope), and the
+/// transaction and broadcast variables the entry point settles afterwards.
+struct Invocation {
+    arguments: Vec<TokenStream>,
+    injections: TokenStream,
+    tx: Option<syn::Ident>,
+    broadcast: Option<syn::Ident>,
+}
+
+/// `on_error` turns a `farine::Error` (no database, no client) into the block's early return.
+fn invocation(method: &Method, on_error: &TokenStream) -> Invocation {
+    let mut call = Invocation {
+        arguments: Vec::new(),
+        injections: TokenStream::new(),
+        tx: None,
+        broadcast: None,
+    };
     let mut message_index = 0usize;
     for (position, param) in method.params.iter().enumerate() {
+        let name = format_ident!("__farine_injected_{}", position);
+        let ty = &param.ty;
         match param.injected {
             Some(Injected::Publisher) => {}
             Some(Injected::Client) => {
-                let name = format_ident!("__farine_client_{}", position);
-                let ty = &param.ty;
-                injections.extend(quote! {
+                call.injections.extend(quote! {
                     let #name: #ty = match ::farine::__private::inject_client::<#ty>(&__ctx).await {
                         ::core::result::Result::Ok(client) => client,
                         ::core::result::Result::Err(err) => return #on_error,
                     };
                 });
-                arguments.push(quote!(#name));
+                call.arguments.push(quote!(#name));
+            }
+            Some(Injected::Db) | Some(Injected::DbRef) => {
+                call.injections.extend(quote! {
+                    #[allow(unused_mut)]
+                    let mut #name = match ::farine::__private::acquire_db(&__ctx).await {
+                        ::core::result::Result::Ok(db) => db,
+                        ::core::result::Result::Err(err) => return #on_error,
+                    };
+                });
+                call.arguments
+                    .push(if param.injected == Some(Injected::Db) {
+                        quote!(#name)
+                    } else {
+                        quote!(&mut #name)
+                    });
+            }
+            Some(Injected::Tx) | Some(Injected::TxByValue) => {
+                call.injections.extend(quote! {
+                    let mut #name = match ::farine::__private::begin_tx(&__ctx).await {
+                        ::core::result::Result::Ok(tx) => tx,
+                        ::core::result::Result::Err(err) => return #on_error,
+                    };
+                });
+                call.arguments.push(quote!(&mut #name));
+                call.tx = Some(name);
+            }
+            Some(Injected::Broadcast) => {
+                call.injections.extend(quote! {
+                    let #name = ::farine::rpc::Broadcast::default();
+                });
+                call.arguments
+                    .push(quote!(::core::clone::Clone::clone(&#name)));
+                call.broadcast = Some(name);
+            }
+            Some(Injected::Shutdown) => {
+                call.injections.extend(quote! {
+                    let #name = ::farine::__private::shutdown_of(&__ctx);
+                });
+                call.arguments.push(quote!(#name));
             }
             None => {
                 let name = format_ident!("__farine_arg_{}", message_index);
                 message_index += 1;
-                arguments.push(quote!(#name));
+                call.arguments.push(quote!(#name));
             }
         }
     }
-    (arguments, injections)
+    call
 }
 
 fn entry_point(service: &Service, method: &Method) -> TokenStream {
@@ -159,6 +210,14 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
     let Some(entry) = method.entry() else {
         return out;
     };
+    if method.params.iter().any(|p| {
+        matches!(
+            p.injected,
+            Some(Injected::Db | Injected::DbRef | Injected::Tx | Injected::TxByValue)
+        )
+    }) {
+        out.extend(quote!(def.uses_db(#method_name);));
+    }
     let args = &entry.args;
     let concurrency = match args.int("concurrency") {
         Some(lit) => quote!(::core::option::Option::Some(#lit)),
@@ -185,14 +244,24 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
                 .map(|p| p.ty.clone())
                 .expect("validated: one body parameter");
             let on_error = quote!(::farine::__private::Outcome::Failed(err.to_string()));
-            let (arguments, injections) = call_arguments(method, &on_error);
+            let Invocation {
+                arguments,
+                injections,
+                tx,
+                ..
+            } = invocation(method, &on_error);
+            let settle = match &tx {
+                Some(tx) => quote!(::farine::__private::settle_tx_outcome(#tx, __outcome).await),
+                None => quote!(__outcome),
+            };
             // Spanned on the method so that a non-Send future is reported there.
             let handler = quote_spanned! {span=>
                 ::farine::__private::consume_handler(
                     ::std::sync::Arc::clone(&svc),
                     |svc: ::std::sync::Arc<#ty>, __ctx: ::std::sync::Arc<::farine::context::ServiceContext>, __farine_arg_0: #body_ty| async move {
                         #injections
-                        ::farine::__private::HandlerResult::into_outcome(svc.#ident(#(#arguments),*).await)
+                        let __outcome = ::farine::__private::HandlerResult::into_outcome(svc.#ident(#(#arguments),*).await);
+                        #settle
                     },
                 )
             };
@@ -236,7 +305,11 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
             }};
             let body = if streaming {
                 let on_error = quote!(::farine::__private::error_stream(err));
-                let (arguments, injections) = call_arguments(method, &on_error);
+                let Invocation {
+                    arguments,
+                    injections,
+                    ..
+                } = invocation(method, &on_error);
                 quote_spanned! {span=>
                     ::farine::__private::streaming(async move {
                         #injections
@@ -246,12 +319,27 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
                 }
             } else {
                 let on_error = quote!(::farine::__private::error_frame(err));
-                let (arguments, injections) = call_arguments(method, &on_error);
+                let Invocation {
+                    arguments,
+                    injections,
+                    tx,
+                    broadcast,
+                } = invocation(method, &on_error);
+                let settle = match &tx {
+                    Some(tx) => quote!(::farine::__private::settle_tx_frame(#tx, __frame).await),
+                    None => quote!(__frame),
+                };
+                let events = match &broadcast {
+                    Some(events) => quote!(::core::option::Option::Some(&#events)),
+                    None => quote!(::core::option::Option::None),
+                };
                 quote_spanned! {span=>
                     ::farine::__private::unary(async move {
                         #injections
                         let __out = svc.#ident(#(#arguments),*)#awaited;
-                        #frame_of
+                        let __frame = #frame_of;
+                        let __frame = #settle;
+                        ::farine::__private::reply(__frame, #events)
                     })
                 }
             };

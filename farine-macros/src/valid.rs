@@ -152,6 +152,7 @@ fn check_method(method: &Method, errors: &mut Errors) {
 fn check_params(method: &Method, errors: &mut Errors) {
     let sig = &method.sig;
     let name = sig.ident.to_string();
+    check_injected(method, errors);
     let publishers = method
         .params
         .iter()
@@ -419,5 +420,70 @@ pub fn returns_stream(output: &ReturnType) -> bool {
             .last()
             .is_some_and(|s| s.ident == "BoxStream"),
         _ => false,
+    }
+}
+
+/// Where each runtime-supplied parameter may appear, and how it must be taken.
+fn check_injected(method: &Method, errors: &mut Errors) {
+    let name = method.sig.ident.to_string();
+    let kind = method.entry().map(|e| e.kind);
+    let streaming = kind == Some(EntryKind::Rpc) && returns_stream(&method.sig.output);
+    let mut databases = 0;
+    for param in &method.params {
+        let Some(injected) = param.injected else {
+            continue;
+        };
+        match injected {
+            Injected::Db | Injected::DbRef | Injected::Tx | Injected::TxByValue => {
+                databases += 1;
+                if databases == 2 {
+                    errors.at(
+                        &param.ty,
+                        format!("`{name}` takes one database parameter (`db: Db` or `tx: &mut Tx`), not two"),
+                    );
+                }
+                if kind.is_none() {
+                    errors.at(
+                        &param.ty,
+                        "a database parameter is supplied by an entry point: add #[rpc::method], #[amqp::consume], #[stream::http] or #[execute::method]",
+                    );
+                }
+            }
+            _ => {}
+        }
+        match injected {
+            Injected::TxByValue => errors.at(
+                &param.ty,
+                "take the transaction as `tx: &mut Tx`: farine commits it after the method returns Ok and rolls it back otherwise",
+            ),
+            Injected::Tx | Injected::DbRef if streaming => errors.at(
+                &param.ty,
+                "a streaming method outlives its call, so it cannot borrow the database: take `db: Db`, which the stream holds until it ends",
+            ),
+            Injected::Broadcast if kind != Some(EntryKind::Rpc) || streaming => errors.at(
+                &param.ty,
+                "`Broadcast` is for unary #[rpc::method(broadcast = \"exchange\")] methods",
+            ),
+            Injected::Broadcast => {
+                let declared = method
+                    .entry()
+                    .is_some_and(|entry| entry.args.str("broadcast").is_some());
+                if !declared {
+                    errors.at(
+                        &param.ty,
+                        format!("a `Broadcast` parameter needs #[rpc::method(broadcast = \"exchange\")] on `{name}`, which names the fanout exchange"),
+                    );
+                }
+            }
+            Injected::Shutdown if kind != Some(EntryKind::Execute) => errors.at(
+                &param.ty,
+                "`Shutdown` is for #[execute::method] loops, which run until the service stops",
+            ),
+            Injected::Client if kind.is_none() => errors.at(
+                &param.ty,
+                "an injected client is supplied by an entry point: add #[rpc::method], #[amqp::consume], #[stream::http] or #[execute::method], or build the client yourself",
+            ),
+            _ => {}
+        }
     }
 }

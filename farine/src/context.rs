@@ -5,7 +5,8 @@
 use crate::broker::Broker;
 use crate::config::{Config, ServiceConfig};
 use crate::rpc::Client;
-use crate::Result;
+use crate::db::Database;
+use crate::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use tokio_util::sync::CancellationToken;
@@ -15,6 +16,8 @@ pub struct ServiceContext {
     pub(crate) broker: Arc<Broker>,
     pub(crate) settings: Arc<ServiceConfig>,
     pub(crate) config: Arc<Config>,
+    /// The service's database pool, when its section sets `db_connector`.
+    pub(crate) db: Option<Arc<Database>>,
     /// The client injected into methods that call other services, made on first use.
     client: tokio::sync::OnceCell<Client>,
     /// Streaming calls in progress, by correlation id, so a caller can cancel one.
@@ -34,14 +37,29 @@ impl ServiceContext {
         broker: Arc<Broker>,
         settings: Arc<ServiceConfig>,
         config: Arc<Config>,
+        db: Option<Arc<Database>>,
     ) -> Self {
         ServiceContext {
             broker,
             settings,
             config,
+            db,
             client: tokio::sync::OnceCell::new(),
             streams: Streams::default(),
         }
+    }
+
+    /// The service's database; an error naming the section when it has none (the runtime
+    /// checks this at start-up for methods that take a database parameter).
+    pub fn database(&self) -> Result<&Arc<Database>> {
+        self.db.as_ref().ok_or_else(|| Error::Database {
+            service: self.settings.name.clone(),
+            message: format!(
+                "no database: set db_connector = postgres and the db_* keys in [{}] of {}",
+                self.settings.name,
+                self.settings.file.display()
+            ),
+        })
     }
 
     /// The service's RPC client, sharing the service's connections.
@@ -124,7 +142,8 @@ pub(crate) async fn service(name: &str) -> Result<Arc<ServiceContext>> {
         }
     };
     let broker = Broker::shared(&settings.amqp_uri, settings.heartbeat).await?;
-    let context = Arc::new(ServiceContext::new(broker, settings, config));
+    let db = known.as_ref().and_then(|context| context.db.clone());
+    let context = Arc::new(ServiceContext::new(broker, settings, config, db));
     register(name, context.clone());
     Ok(context)
 }

@@ -86,6 +86,12 @@ pub enum Error {
         message: String,
         data: Option<serde_json::Value>,
     },
+    /// A service's database could not be reached or used.
+    #[error("service {service}: {message}")]
+    Database { service: String, message: String },
+    /// A query failed.
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
     /// The runtime is not in a state to do what was asked.
     #[error("{0}")]
     Runtime(String),

@@ -40,11 +40,14 @@
 pub mod amqp;
 pub mod broker;
 pub mod config;
+pub mod db;
 pub mod context;
+pub mod execute;
 mod error;
 pub mod registry;
 mod retry;
 pub mod rpc;
+pub mod stream;
 pub mod runtime;
 
 pub use config::Config;
@@ -59,19 +62,13 @@ pub use rpc::Client;
 pub use serde_json;
 pub use tracing;
 
-/// `#[stream::http]`: a Server-Sent-Events listener.
-pub mod stream {
-    pub use farine_macros::stream_http as http;
-}
 
-/// `#[execute::method]`: a supervised long-running loop.
-pub mod execute {
-    pub use farine_macros::execute_method as method;
-}
 
 /// What a service module needs: `use farine::prelude::*;`.
 pub mod prelude {
     pub use crate::amqp::{self, Publisher};
+    pub use crate::db::{Db, Tx};
+    pub use crate::rpc::Broadcast;
     pub use crate::{execute, rpc, stream};
     pub use futures::{Stream, StreamExt};
 }
@@ -112,7 +109,8 @@ pub mod __private {
     };
     pub use crate::rpc::args::Args;
     pub use crate::rpc::handler::{
-        error_frame, error_stream, frames, inject_client, streaming, unary,
+        acquire_db, begin_tx, error_frame, error_stream, frames, inject_client, reply,
+        settle_tx_frame, settle_tx_outcome, streaming, unary,
     };
     pub use crate::rpc::reply::{Returned, ViaDisplayError, ViaSerializableError, ViaValue};
     pub use inventory;

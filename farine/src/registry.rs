@@ -30,6 +30,8 @@ pub struct ServiceDef {
     pub consumers: Vec<ConsumeEntry>,
     pub rpcs: Vec<RpcEntry>,
     pub publishers: Vec<PublishSpec>,
+    /// Methods that take a database parameter: the service must have a database.
+    pub db_methods: Vec<&'static str>,
     /// Entry points of kinds this runtime does not run yet: `(attribute, method)`.
     pub pending: Vec<(&'static str, &'static str)>,
 }
@@ -41,6 +43,7 @@ impl ServiceDef {
             consumers: Vec::new(),
             rpcs: Vec::new(),
             publishers: Vec::new(),
+            db_methods: Vec::new(),
             pending: Vec::new(),
         }
     }
@@ -55,6 +58,10 @@ impl ServiceDef {
 
     pub fn publish(&mut self, spec: PublishSpec) {
         self.publishers.push(spec);
+    }
+
+    pub fn uses_db(&mut self, method: &'static str) {
+        self.db_methods.push(method);
     }
 
     pub fn pending(&mut self, attribute: &'static str, method: &'static str) {

@@ -4,6 +4,7 @@
 
 use crate::amqp::consumer;
 use crate::broker::Broker;
+use crate::db::{Database, DbSettings};
 use crate::config::{Config, ServiceConfig};
 use crate::context::{self, ServiceContext};
 use crate::registry::{self, ServiceRegistration};
@@ -92,11 +93,25 @@ impl Runtime {
                     broker
                 }
             };
+            let db = match DbSettings::from_settings(&settings)? {
+                Some(db) => Some(Arc::new(Database::connect(def.name, db).await?)),
+                None if !def.db_methods.is_empty() => {
+                    return Err(settings.error(
+                        "db_connector",
+                        format!(
+                            "{}.{} takes a database parameter, but the section sets no db_connector = postgres",
+                            def.name, def.db_methods[0]
+                        ),
+                    ))
+                }
+                None => None,
+            };
             let settings = Arc::new(settings);
             let service = Arc::new(ServiceContext::new(
                 broker.clone(),
                 settings.clone(),
                 config.clone(),
+                db,
             ));
             context::register(def.name, service.clone());
             for (attribute, method) in &def.pending {

@@ -206,9 +206,11 @@ async fn remove(queues: &[String], exchanges: &[String]) -> Vec<String> {
     left
 }
 
+/// Whether `queue` exists: a passive declare fails with NOT_FOUND when it does not (and
+/// with RESOURCE_LOCKED when it is another connection's exclusive queue).
 async fn queue_exists(connection: &Connection, queue: &str) -> bool {
     let channel = connection.create_channel().await.expect("channel");
-    let exists = channel
+    let declared = channel
         .queue_declare(
             queue.into(),
             QueueDeclareOptions {
@@ -217,10 +219,12 @@ async fn queue_exists(connection: &Connection, queue: &str) -> bool {
             },
             FieldTable::default(),
         )
-        .await
-        .is_ok();
+        .await;
     let _ = channel.close(200, "OK".into()).await;
-    exists
+    match declared {
+        Ok(_) => true,
+        Err(err) => !err.to_string().contains("NOT_FOUND"),
+    }
 }
 
 async fn exchange_exists(connection: &Connection, exchange: &str) -> bool {
@@ -316,6 +320,8 @@ struct PythonClient {
     service: String,
     queue: String,
     consumer: Option<lapin::Consumer>,
+    /// The call under way, for failure messages.
+    current: String,
 }
 
 type Leaks = Arc<Mutex<Vec<String>>>;
@@ -377,12 +383,14 @@ impl PythonClient {
             service: service.to_string(),
             queue,
             consumer: None,
+            current: String::new(),
         }
     }
 
     /// Publishes the request; returns its correlation id.
     async fn send(&mut self, method: &str, args: Value, kwargs: Value) -> String {
         let correlation_id = uuid::Uuid::new_v4().simple().to_string();
+        self.current = format!("{}.{method}(*{args}, **{kwargs})", self.service);
         let body = python_json(&json!({"args": args, "kwargs": kwargs}));
         self.channel
             .basic_publish(
@@ -419,8 +427,8 @@ impl PythonClient {
             .await
             .unwrap_or_else(|_| {
                 panic!(
-                    "no reply frame in the Python client's queue {} within {FRAME_WAIT:?}",
-                    self.queue
+                    "{}: no reply frame in the Python client's queue {} within {FRAME_WAIT:?}",
+                    self.current, self.queue
                 )
             })
             .expect("the reply consumer is open")

@@ -60,7 +60,9 @@ impl Child {
             .map_err(|_| format!("service process {kind}: no {want:?} within {within:?}"))??;
         match line {
             Some(line) if line.trim() == want => Ok(()),
-            Some(line) => Err(format!("service process {kind}: expected {want:?}, got {line:?}").into()),
+            Some(line) => {
+                Err(format!("service process {kind}: expected {want:?}, got {line:?}").into())
+            }
             None => Err(format!("service process {kind} exited (expected {want:?})").into()),
         }
     }

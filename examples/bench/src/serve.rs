@@ -42,16 +42,14 @@ async fn serve(kind: &str) -> Res<()> {
             } else {
                 "bench_events"
             };
-            let running = farine::Runtime::new(config)
-                .only([service])
-                .start()
-                .await?;
+            let running = farine::Runtime::new(config).only([service]).start().await?;
             println!("ready");
             control().await;
             running.shutdown().await?;
         }
         "lapin-rpc" => {
-            let connection = baseline::rpc_server(&baseline::Settings::of(&config, "calc")?).await?;
+            let connection =
+                baseline::rpc_server(&baseline::Settings::of(&config, "calc")?).await?;
             println!("ready");
             control().await;
             connection.close(200, "OK".into()).await?;

@@ -2,7 +2,10 @@
 //! a [`Call`], and supply injected clients.
 
 use super::frame::{kind, ErrorInfo, Frame};
-use super::server::Call;
+use super::server::{Call, Reply};
+use super::Broadcast;
+use crate::db::{Db, Tx};
+use crate::registry::Outcome;
 use super::FromClient;
 use crate::context::ServiceContext;
 use futures::stream::BoxStream;
@@ -12,9 +15,63 @@ use std::future::Future;
 /// A unary method's call. The `Send` bound is where a non-`Send` method is reported.
 pub fn unary<F>(future: F) -> Call
 where
-    F: Future<Output = Frame> + Send + 'static,
+    F: Future<Output = Reply> + Send + 'static,
 {
     Call::Unary(future.boxed())
+}
+
+/// A unary answer, with the events staged on the method's `Broadcast` parameter if it has one.
+pub fn reply(frame: Frame, events: Option<&Broadcast>) -> Reply {
+    Reply {
+        frame,
+        events: events.map(Broadcast::take),
+    }
+}
+
+/// The call's connection from the service's pool.
+pub async fn acquire_db(context: &ServiceContext) -> crate::Result<Db> {
+    context.database()?.acquire().await
+}
+
+/// The call's transaction.
+pub async fn begin_tx(context: &ServiceContext) -> crate::Result<Tx> {
+    context.database()?.begin().await
+}
+
+/// Commits after a successful answer (a failed commit turns it into an error), rolls back
+/// after an error: the reply is sent only after this.
+pub async fn settle_tx_frame(tx: Tx, frame: Frame) -> Frame {
+    match frame {
+        Frame::Item(_) => match tx.commit().await {
+            Ok(()) => frame,
+            Err(err) => Frame::Error(ErrorInfo::new(
+                kind::INTERNAL,
+                format!("the transaction did not commit: {err}"),
+            )),
+        },
+        Frame::Error(_) => {
+            if let Err(err) = tx.rollback().await {
+                tracing::warn!("rollback failed: {err}");
+            }
+            frame
+        }
+    }
+}
+
+/// The same for consumers, listeners and loops: the message is acked only after a commit.
+pub async fn settle_tx_outcome(tx: Tx, outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Done => match tx.commit().await {
+            Ok(()) => Outcome::Done,
+            Err(err) => Outcome::Failed(format!("the transaction did not commit: {err}")),
+        },
+        other => {
+            if let Err(err) = tx.rollback().await {
+                tracing::warn!("rollback failed: {err}");
+            }
+            other
+        }
+    }
 }
 
 /// A streaming method's call: the future produces the stream (after injecting clients and,
@@ -35,12 +92,12 @@ where
     stream.map(frame).boxed()
 }
 
-pub fn error_frame(err: crate::Error) -> Frame {
-    Frame::Error(ErrorInfo::new(kind::INTERNAL, err.to_string()))
+pub fn error_frame(err: crate::Error) -> Reply {
+    Frame::Error(ErrorInfo::new(kind::INTERNAL, err.to_string())).into()
 }
 
 pub fn error_stream(err: crate::Error) -> BoxStream<'static, Frame> {
-    futures::stream::once(async move { error_frame(err) }).boxed()
+    futures::stream::once(async move { Frame::Error(ErrorInfo::new(kind::INTERNAL, err.to_string())) }).boxed()
 }
 
 /// A client for a method parameter, sharing the service's connection and reply queue.

@@ -25,11 +25,26 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// What a bound call is: a future of one frame, a stream of frames, or an argument error.
+/// What a bound call is: a future of one reply, a stream of frames, or an argument error.
 pub enum Call {
-    Unary(BoxFuture<'static, Frame>),
+    Unary(BoxFuture<'static, Reply>),
     Stream(BoxStream<'static, Frame>),
     Rejected(ErrorInfo),
+}
+
+/// A unary method's answer, and what it broadcasts once the reply is sent.
+#[derive(Debug)]
+pub struct Reply {
+    pub frame: Frame,
+    /// Events the method staged on its `Broadcast` parameter; `None` when it has none, in
+    /// which case a method with `broadcast = "..."` broadcasts its result.
+    pub events: Option<Vec<serde_json::Value>>,
+}
+
+impl From<Frame> for Reply {
+    fn from(frame: Frame) -> Self {
+        Reply { frame, events: None }
+    }
 }
 
 /// Binds a request's arguments and starts the method.
@@ -101,6 +116,11 @@ pub(crate) async fn attach(
         Broker::declare_queue(&channel, &queue, &options, Some((service, &queue))).await?;
     }
     retry::declare_dead_letter_queue(&channel, &queue).await?;
+    if let Some(exchange) = entry.spec.broadcast {
+        broker
+            .declare_exchange(exchange, crate::config::ExchangeKind::Fanout, settings.durable, false)
+            .await?;
+    }
     let tag = format!("farine.{label}.{}", uuid::Uuid::new_v4().simple());
     let consumer = channel
         .basic_consume(
@@ -269,14 +289,21 @@ async fn serve(
                 replier.send(&frame::error_bytes(&info)).await
             }
             Call::Unary(future) => {
-                let frame = AssertUnwindSafe(future)
+                let reply = AssertUnwindSafe(future)
                     .catch_unwind()
                     .await
-                    .unwrap_or_else(|panic| Frame::Error(panicked(&label, &panic)));
-                match frame {
+                    .unwrap_or_else(|panic| Frame::Error(panicked(&label, &panic)).into());
+                match reply.frame {
                     Frame::Item(bytes) => {
                         replier.send(&bytes).await?;
-                        replier.send(frame::END).await
+                        replier.send(frame::END).await?;
+                        if let Some(exchange) = shared.entry.spec.broadcast {
+                            // After the commit (inside the method's future) and the reply.
+                            replier.settle_all().await?;
+                            let events = reply.events.unwrap_or_else(|| result_body(&bytes));
+                            broadcast(broker, &label, exchange, &events).await;
+                        }
+                        Ok(())
                     }
                     Frame::Error(info) => replier.send(&frame::error_bytes(&info)).await,
                 }
@@ -347,6 +374,34 @@ async fn stream_frames(
                     .await
             }
             None => return replier.send(frame::END).await,
+        }
+    }
+}
+
+/// The `body` of an item frame, as the event a `broadcast` method publishes by default.
+fn result_body(item: &[u8]) -> Vec<serde_json::Value> {
+    match frame::decode(item) {
+        Ok(frame::Incoming::Item(value)) => vec![value],
+        _ => Vec::new(),
+    }
+}
+
+/// Publishes a successful call's events to its fanout exchange. The call already succeeded,
+/// so a failure here is logged, not turned into an error for the caller.
+async fn broadcast(broker: &Broker, label: &str, exchange: &str, events: &[serde_json::Value]) {
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2);
+    for event in events {
+        let body = match serde_json::to_vec(event) {
+            Ok(body) => body,
+            Err(err) => {
+                tracing::error!(call = %label, exchange, "event does not serialize: {err}");
+                continue;
+            }
+        };
+        if let Err(err) = broker.publish(exchange, "", &body, properties.clone(), false).await {
+            tracing::error!(call = %label, exchange, "could not broadcast an event: {err}");
         }
     }
 }

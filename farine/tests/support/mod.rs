@@ -207,3 +207,26 @@ pub fn header(properties: &BasicProperties, key: &str) -> Option<String> {
         other => Some(format!("{other:?}")),
     }
 }
+
+pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Fails the test with how to start PostgreSQL when it is not reachable.
+pub fn require_postgres() {
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], 5432));
+    if std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_err() {
+        panic!(
+            "PostgreSQL is not reachable on 127.0.0.1:5432: this test needs it. Start it with \
+             `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`."
+        );
+    }
+}
+
+/// A direct connection to the test database, to arrange and inspect tables.
+pub async fn pg() -> sqlx::PgPool {
+    require_postgres();
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(PG_URL)
+        .await
+        .expect("connect to PostgreSQL")
+}

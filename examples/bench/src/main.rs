@@ -1,0 +1,597 @@
+//! `farine-bench`: the workloads of BENCH.md, each measured with farine and with bare lapin
+//! in the same run, printed one line per workload:
+//!
+//! ```text
+//! rpc_seq        farine=1234/s  lapin=1300/s  ratio=0.95  target>=0.90 ok
+//! ```
+//!
+//! Usage: `cargo run --release -p farine-bench -- [rpc_seq] [rpc_pipelined] [events]
+//! [rpc_stream] [idle_rss]` (no argument: all). The services run in their own processes,
+//! as deployed: this binary started again as `farine-bench __serve <kind>` (see `serve`).
+//! Each side is warmed up first; then the two sides take turns lapin, farine, farine, lapin,
+//! so a drift of the shared machine weighs on both alike.
+
+mod baseline;
+mod child;
+mod counter;
+mod events;
+mod serve;
+
+use baseline::{RpcClient, Settings};
+use calc::CalcClient;
+use child::Child;
+use futures::{StreamExt, TryStreamExt};
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Res<T> = Result<T, BoxError>;
+
+const WORKLOADS: &[&str] = &[
+    "rpc_seq",
+    "rpc_pipelined",
+    "events",
+    "rpc_stream",
+    "idle_rss",
+];
+const DEFAULT_INI: &str = "[DEFAULT]\namqp_uri = amqp://guest:guest@127.0.0.1:5672/%2f\n";
+
+/// Time per turn of the timed RPC workloads (four turns: two per side).
+const RPC_TURN: Duration = Duration::from_millis(1500);
+const WARM_UP: Duration = Duration::from_millis(400);
+const PIPELINE_DEPTH: usize = 64;
+/// Messages per turn of the events workload.
+const EVENTS_TURN: u64 = 10_000;
+const EVENTS_WARM_UP: u64 = 2_000;
+/// Messages a publisher has in flight (published, not yet confirmed).
+const PUBLISH_WINDOW: usize = 256;
+/// Items of `count(n)`, as BENCH.md says.
+const STREAM_ITEMS: u32 = 10_000;
+
+const TARGET_RPC_SEQ: f64 = 0.90;
+const TARGET_RPC_PIPELINED: f64 = 0.85;
+const TARGET_EVENTS: f64 = 0.85;
+const TARGET_STREAM_VS_EVENTS: f64 = 0.80;
+const TARGET_IDLE_MIB: f64 = 20.0;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("__serve") {
+        return serve::main(args.get(1).map(String::as_str).unwrap_or(""));
+    }
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!(
+            "usage: farine-bench [{}]...  (no argument: all)\n\
+             RabbitMQ from FARINE_INI, else amqp://guest:guest@127.0.0.1:5672/%2f;\n\
+             FARINE_BENCH_SCALE=0.5 halves every duration and message count.",
+            WORKLOADS.join("|")
+        );
+        return ExitCode::SUCCESS;
+    }
+    let mut selected: Vec<&'static str> = Vec::new();
+    for arg in &args {
+        match WORKLOADS.iter().find(|w| **w == arg.as_str()) {
+            Some(w) => selected.push(w),
+            None => {
+                eprintln!(
+                    "farine-bench: unknown workload {arg:?} (known: {})",
+                    WORKLOADS.join(", ")
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if selected.is_empty() {
+        selected = WORKLOADS.to_vec();
+    }
+
+    // One configuration for this process and the service processes: FARINE_INI if set,
+    // else the default written to a file FARINE_INI then names (a `Publisher` outside a
+    // running service, and the service processes, read their settings from FARINE_INI).
+    let mut temp_ini = None;
+    let config = match std::env::var(farine::config::ENV_VAR) {
+        Ok(path) if !path.is_empty() => farine::Config::from_env(),
+        _ => {
+            let path =
+                std::env::temp_dir().join(format!("farine-bench-{}.ini", std::process::id()));
+            if let Err(err) = std::fs::write(&path, DEFAULT_INI) {
+                eprintln!("farine-bench: cannot write {}: {err}", path.display());
+                return ExitCode::FAILURE;
+            }
+            std::env::set_var(farine::config::ENV_VAR, &path);
+            temp_ini = Some(path);
+            farine::Config::from_str(DEFAULT_INI, "bench.ini")
+        }
+    };
+    let outcome = match config {
+        Ok(config) => match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(run(config, &selected)),
+            Err(err) => Err(err.into()),
+        },
+        Err(err) => Err(err.into()),
+    };
+    if let Some(path) = temp_ini {
+        let _ = std::fs::remove_file(path);
+    }
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("farine-bench: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn scale() -> f64 {
+    std::env::var("FARINE_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| *s > 0.0)
+        .unwrap_or(1.0)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Side {
+    Lapin,
+    Farine,
+}
+
+/// Turns of each side: lapin, farine, farine, lapin.
+const TURNS: [Side; 4] = [Side::Lapin, Side::Farine, Side::Farine, Side::Lapin];
+
+/// Operations and the time they took, summed over turns.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tally {
+    count: u64,
+    time: Duration,
+}
+
+impl Tally {
+    fn add(&mut self, (count, time): (u64, Duration)) {
+        self.count += count;
+        self.time += time;
+    }
+
+    fn rate(&self) -> f64 {
+        self.count as f64 / self.time.as_secs_f64().max(1e-9)
+    }
+}
+
+#[derive(Default)]
+struct Pair {
+    lapin: Tally,
+    farine: Tally,
+}
+
+impl Pair {
+    fn side(&mut self, side: Side) -> &mut Tally {
+        match side {
+            Side::Lapin => &mut self.lapin,
+            Side::Farine => &mut self.farine,
+        }
+    }
+
+    fn ratio(&self) -> f64 {
+        self.farine.rate() / self.lapin.rate().max(1e-9)
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "BELOW"
+    }
+}
+
+fn line(id: &str, farine: f64, lapin: f64, target: f64, extra: &str) {
+    let ratio = farine / lapin.max(1e-9);
+    println!(
+        "{id:<15}farine={farine:.0}/s  lapin={lapin:.0}/s  ratio={ratio:.2}  target>={target:.2} {}{extra}",
+        verdict(ratio >= target)
+    );
+}
+
+async fn run(config: farine::Config, selected: &[&str]) -> Res<()> {
+    let wants = |w: &str| selected.contains(&w);
+    let scale = scale();
+    let rpc_turn = RPC_TURN.mul_f64(scale);
+    let events_turn = ((EVENTS_TURN as f64 * scale) as u64).max(100);
+
+    let rpc_settings = Settings::of(&config, "calc")?;
+    let events_settings = Settings::of(&config, "bench_events")?;
+    let admin = Admin::connect(&rpc_settings.uri).await?;
+    let calc_existed = admin.exchange_exists("calc").await;
+    admin.delete(&bench_topology(&config)?).await;
+
+    let need_rpc = ["rpc_seq", "rpc_pipelined", "rpc_stream", "idle_rss"]
+        .iter()
+        .any(|w| wants(w));
+    let mut rpc = None;
+    let mut idle_mib = None;
+    let mut after_pipelined_mib = None;
+    if need_rpc {
+        let farine_calc = Child::spawn("farine-calc").await?;
+        let lapin_rpc = Child::spawn("lapin-rpc").await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        idle_mib = farine_calc.rss_mib();
+        let bench = Rpc {
+            calc: CalcClient::connect(&config).await?,
+            lapin: Arc::new(RpcClient::connect(&rpc_settings).await?),
+            children: vec![farine_calc, lapin_rpc],
+        };
+        for side in [Side::Lapin, Side::Farine] {
+            bench.calls(side, WARM_UP, 1).await?;
+            bench.calls(side, WARM_UP, PIPELINE_DEPTH).await?;
+        }
+
+        if wants("rpc_seq") {
+            let mut pair = Pair::default();
+            for side in TURNS {
+                pair.side(side).add(bench.calls(side, rpc_turn, 1).await?);
+            }
+            line(
+                "rpc_seq",
+                pair.farine.rate(),
+                pair.lapin.rate(),
+                TARGET_RPC_SEQ,
+                "",
+            );
+        }
+        if wants("rpc_pipelined") || wants("idle_rss") {
+            let mut pair = Pair::default();
+            for side in TURNS {
+                pair.side(side)
+                    .add(bench.calls(side, rpc_turn, PIPELINE_DEPTH).await?);
+            }
+            after_pipelined_mib = bench.children[0].rss_mib();
+            if wants("rpc_pipelined") {
+                line(
+                    "rpc_pipelined",
+                    pair.farine.rate(),
+                    pair.lapin.rate(),
+                    TARGET_RPC_PIPELINED,
+                    "",
+                );
+            }
+        }
+        rpc = Some(bench);
+    }
+
+    let mut lapin_events_rate = None;
+    if wants("events") || wants("rpc_stream") {
+        let mut farine_events = Child::spawn("farine-events").await?;
+        let mut lapin_events = Child::spawn("lapin-events").await?;
+        let publisher = events::publisher();
+        let lapin_publisher = baseline::EventsPublisher::connect(&events_settings).await?;
+        let mut next = 0u64;
+        let mut turn = |side: Side, n: u64| {
+            let range = next..next + n;
+            next += n;
+            let child = match side {
+                Side::Lapin => &mut lapin_events,
+                Side::Farine => &mut farine_events,
+            };
+            let publisher = &publisher;
+            let lapin_publisher = &lapin_publisher;
+            async move {
+                child.arm(n).await?;
+                let start = Instant::now();
+                match side {
+                    Side::Lapin => lapin_publisher.publish(range, PUBLISH_WINDOW).await?,
+                    Side::Farine => farine_publish(publisher, range, PUBLISH_WINDOW).await?,
+                }
+                child.expect("done", Duration::from_secs(120)).await?;
+                Ok::<_, BoxError>((n, start.elapsed()))
+            }
+        };
+        turn(Side::Lapin, EVENTS_WARM_UP).await?;
+        turn(Side::Farine, EVENTS_WARM_UP).await?;
+        let mut pair = Pair::default();
+        for side in TURNS {
+            pair.side(side).add(turn(side, events_turn).await?);
+        }
+        lapin_events_rate = Some(pair.lapin.rate());
+        if wants("events") {
+            line(
+                "events",
+                pair.farine.rate(),
+                pair.lapin.rate(),
+                TARGET_EVENTS,
+                "",
+            );
+        }
+        lapin_publisher.close().await;
+        farine_events.stop().await;
+        lapin_events.stop().await;
+    }
+
+    if let Some(bench) = &rpc {
+        if wants("rpc_stream") {
+            for side in [Side::Lapin, Side::Farine] {
+                bench.stream(side, STREAM_ITEMS / 10).await?;
+            }
+            let mut pair = Pair::default();
+            for side in TURNS {
+                pair.side(side).add(bench.stream(side, STREAM_ITEMS).await?);
+            }
+            let events = lapin_events_rate.unwrap_or(f64::NAN);
+            let farine = pair.farine.rate();
+            // `lapin=` is the lapin events figure, which the target is set against; the
+            // bare-lapin stream of the same messages follows as `lapin_stream=`.
+            line(
+                "rpc_stream",
+                farine,
+                events,
+                TARGET_STREAM_VS_EVENTS,
+                &format!(
+                    "  lapin_stream={:.0}/s  stream_ratio={:.2}",
+                    pair.lapin.rate(),
+                    pair.ratio()
+                ),
+            );
+        }
+    }
+
+    if wants("idle_rss") {
+        let show = |mib: Option<f64>| mib.map_or("?".to_string(), |m| format!("{m:.1}MiB"));
+        println!(
+            "{:<15}idle={}  after_pipelined={}  target<={TARGET_IDLE_MIB:.0}MiB {}",
+            "idle_rss",
+            show(idle_mib),
+            show(after_pipelined_mib),
+            verdict(idle_mib.is_some_and(|m| m <= TARGET_IDLE_MIB))
+        );
+    }
+
+    if let Some(bench) = rpc {
+        bench.lapin.close().await;
+        for child in bench.children {
+            child.stop().await;
+        }
+    }
+    let mut topology = bench_topology(&config)?;
+    if !calc_existed {
+        topology.extend(&calc_topology(&config)?);
+    }
+    admin.delete(&topology).await;
+    admin.close().await;
+    Ok(())
+}
+
+/// Both RPC clients, and the two service processes they call.
+struct Rpc {
+    calc: CalcClient,
+    lapin: Arc<RpcClient>,
+    /// The farine `calc` process first, then the lapin server.
+    children: Vec<Child>,
+}
+
+impl Rpc {
+    /// `add` calls for `duration`, `workers` of them in flight at any time.
+    async fn calls(&self, side: Side, duration: Duration, workers: usize) -> Res<(u64, Duration)> {
+        match side {
+            Side::Lapin => {
+                let lapin = self.lapin.clone();
+                for_duration(duration, workers, move |i| {
+                    let lapin = lapin.clone();
+                    async move { expect_sum(lapin.add(i, 1).await?, i) }
+                })
+                .await
+            }
+            Side::Farine => {
+                let calc = self.calc.clone();
+                for_duration(duration, workers, move |i| {
+                    let calc = calc.clone();
+                    async move { expect_sum(calc.add(i, 1).await?, i) }
+                })
+                .await
+            }
+        }
+    }
+
+    /// One `count(n)`, read fully.
+    async fn stream(&self, side: Side, n: u32) -> Res<(u64, Duration)> {
+        let start = Instant::now();
+        let items = match side {
+            Side::Lapin => self.lapin.count(n).await?,
+            Side::Farine => {
+                let mut items = 0u64;
+                let mut stream = self.calc.count(n).await?;
+                while let Some(item) = stream.next().await {
+                    if u64::from(item?) != items {
+                        return Err("calc.count: items out of order".into());
+                    }
+                    items += 1;
+                }
+                items
+            }
+        };
+        if items != u64::from(n) {
+            return Err(format!("count({n}) gave {items} items ({side:?})").into());
+        }
+        Ok((items, start.elapsed()))
+    }
+}
+
+fn expect_sum(sum: i64, i: i64) -> Res<()> {
+    if sum == i + 1 {
+        Ok(())
+    } else {
+        Err(format!("add({i}, 1) answered {sum}").into())
+    }
+}
+
+/// Runs `call` until `duration` is over with `workers` calls in flight; returns how many
+/// completed and the time until the last one did.
+async fn for_duration<F, Fut>(duration: Duration, workers: usize, call: F) -> Res<(u64, Duration)>
+where
+    F: Fn(i64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Res<()>> + Send + 'static,
+{
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = JoinSet::new();
+    for worker in 0..workers as i64 {
+        let call = call.clone();
+        tasks.spawn(async move {
+            let mut done = 0i64;
+            while Instant::now() < deadline {
+                call(worker * 1_000_000_000 + done).await?;
+                done += 1;
+            }
+            Ok::<u64, BoxError>(done as u64)
+        });
+    }
+    let mut total = 0;
+    while let Some(done) = tasks.join_next().await {
+        total += done??;
+    }
+    Ok((total, start.elapsed()))
+}
+
+/// Publishes `{"n": i}` for each i through a farine `Publisher`, `window` sends in flight.
+async fn farine_publish(
+    publisher: &farine::Publisher,
+    range: std::ops::Range<u64>,
+    window: usize,
+) -> Res<()> {
+    futures::stream::iter(range)
+        .map(|n| publisher.send(&events::Event { n }))
+        .buffer_unordered(window)
+        .try_collect::<()>()
+        .await?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------ topology
+
+#[derive(Default)]
+struct Topology {
+    queues: Vec<String>,
+    exchanges: Vec<String>,
+}
+
+impl Topology {
+    fn extend(&mut self, other: &Topology) {
+        self.queues.extend(other.queues.iter().cloned());
+        self.exchanges.extend(other.exchanges.iter().cloned());
+    }
+}
+
+/// Every queue and exchange the bench names itself (all `bench_...`).
+fn bench_topology(config: &farine::Config) -> Res<Topology> {
+    let mut queues: Vec<String> = [
+        baseline::ADD_QUEUE,
+        baseline::COUNT_QUEUE,
+        baseline::EVENTS_QUEUE,
+    ]
+    .map(String::from)
+    .to_vec();
+    queues.extend(consumer_queues(config, "bench_events", events::QUEUE)?);
+    Ok(Topology {
+        queues,
+        exchanges: [
+            baseline::RPC_EXCHANGE,
+            baseline::EVENTS_EXCHANGE,
+            events::EXCHANGE,
+        ]
+        .map(String::from)
+        .to_vec(),
+    })
+}
+
+/// What farine declares for service `calc`: removed at the end only when this run created it.
+fn calc_topology(config: &farine::Config) -> Res<Topology> {
+    let mut queues = Vec::new();
+    for method in ["add", "count"] {
+        let queue = format!("calc__{method}");
+        queues.push(format!("{queue}.dlq"));
+        queues.push(queue);
+    }
+    for queue in ["operations", "results"] {
+        queues.extend(consumer_queues(config, "calc", queue)?);
+    }
+    Ok(Topology {
+        queues,
+        exchanges: vec!["calc".into()],
+    })
+}
+
+/// A consumer queue with farine's dead-letter and delay queues (see farine's `retry`).
+fn consumer_queues(config: &farine::Config, service: &str, queue: &str) -> Res<Vec<String>> {
+    let settings = config.service(service)?;
+    let base = (settings.retry_delay.as_millis() as u64).max(1);
+    let max = (settings.retry_max_delay.as_millis() as u64).max(1);
+    let mut steps: Vec<u64> = (0..settings.retry_attempts)
+        .map(|retry| base.saturating_mul(1u64 << retry.min(32)).min(max))
+        .collect();
+    steps.dedup();
+    let mut queues = vec![queue.to_string(), format!("{queue}.dlq")];
+    queues.extend(steps.iter().map(|ms| format!("{queue}.retry.{ms}ms")));
+    Ok(queues)
+}
+
+/// A plain lapin connection to look at and clean the broker.
+struct Admin {
+    connection: lapin::Connection,
+}
+
+impl Admin {
+    async fn connect(uri: &str) -> Res<Admin> {
+        let properties = lapin::ConnectionProperties::default()
+            .with_connection_name("farine-bench admin".into());
+        Ok(Admin {
+            connection: lapin::Connection::connect(uri, properties).await?,
+        })
+    }
+
+    async fn exchange_exists(&self, exchange: &str) -> bool {
+        let Ok(channel) = self.connection.create_channel().await else {
+            return false;
+        };
+        let exists = channel
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Direct,
+                lapin::options::ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .is_ok();
+        if exists {
+            let _ = channel.close(200, "OK".into()).await;
+        }
+        exists
+    }
+
+    async fn delete(&self, topology: &Topology) {
+        let Ok(channel) = self.connection.create_channel().await else {
+            return;
+        };
+        for queue in &topology.queues {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
+        }
+        for exchange in &topology.exchanges {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), Default::default())
+                .await;
+        }
+        let _ = channel.close(200, "OK".into()).await;
+    }
+
+    async fn close(&self) {
+        let _ = self.connection.close(200, "OK".into()).await;
+    }
+}

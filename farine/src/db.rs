@@ -1,0 +1,307 @@
+//! PostgreSQL per service: one sqlx pool built at start-up from the section's `db_*` keys, and
+//! per call a connection ([`Db`]) or a transaction ([`Tx`]) that the entry point commits when
+//! the method returned `Ok` and rolls back otherwise, before anything is acked or replied.
+
+use crate::config::{redact_uri, ServiceConfig};
+use crate::{Error, Result};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+/// The `db_*` keys of a section, checked.
+#[derive(Clone)]
+pub struct DbSettings {
+    options: PgConnectOptions,
+    /// Where the database is, for messages (never the password).
+    shown: String,
+    pub max_connections: u32,
+    pub idle_timeout: Option<Duration>,
+    pub acquire_timeout: Duration,
+}
+
+impl std::fmt::Debug for DbSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbSettings")
+            .field("database", &self.shown)
+            .field("max_connections", &self.max_connections)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish()
+    }
+}
+
+impl DbSettings {
+    /// The database settings of a section: `None` without `db_connector`. `db_url`, or
+    /// `db_name`, `db_user`, `db_password`, `db_host` (required) and `db_port` (5432);
+    /// `db_max_conn` (10), `db_stale_timeout` (idle connections closed after, 10 min),
+    /// `db_timeout` (longest wait for a free connection, 5 s).
+    ///
+    /// ```
+    /// let config = farine::Config::from_str(
+    ///     "[DEFAULT]\namqp_uri = amqp://localhost\n\
+    ///      [todo]\ndb_connector = postgres\ndb_url = postgres://me:secret@127.0.0.1/test\n",
+    ///     "farine.ini",
+    /// )?;
+    /// let db = farine::db::DbSettings::from_settings(&config.service("todo")?)?.unwrap();
+    /// assert_eq!(db.max_connections, 10);
+    /// assert!(!format!("{db:?}").contains("secret"));
+    /// # Ok::<(), farine::Error>(())
+    /// ```
+    pub fn from_settings(settings: &ServiceConfig) -> Result<Option<DbSettings>> {
+        let Some(connector) = settings.raw("db_connector").filter(|c| !c.is_empty()) else {
+            return Ok(None);
+        };
+        if !connector.eq_ignore_ascii_case("postgres") && !connector.eq_ignore_ascii_case("postgresql") {
+            return Err(settings.error(
+                "db_connector",
+                format!("expected postgres, got {connector:?}"),
+            ));
+        }
+        let options = match settings.raw("db_url").filter(|u| !u.is_empty()) {
+            Some(url) => url.parse::<PgConnectOptions>().map_err(|err| {
+                settings.error(
+                    "db_url",
+                    format!("expected postgres://user:password@host:port/database, got {}: {err}", redact_uri(url)),
+                )
+            })?,
+            None => {
+                let required = |key: &str| {
+                    settings
+                        .raw(key)
+                        .filter(|v| !v.is_empty())
+                        .ok_or_else(|| settings.error(key, "missing: required with db_connector = postgres (or set db_url)"))
+                };
+                let port = settings.parse::<u16>("db_port", "a port number from 1 to 65535")?.unwrap_or(5432);
+                PgConnectOptions::new()
+                    .host(required("db_host")?)
+                    .port(port)
+                    .username(required("db_user")?)
+                    .password(required("db_password")?)
+                    .database(required("db_name")?)
+            }
+        };
+        let max_connections = settings
+            .parse::<u32>("db_max_conn", "a whole number of connections, at least 1")?
+            .unwrap_or(10);
+        if max_connections == 0 {
+            return Err(settings.error("db_max_conn", "expected at least 1, got 0"));
+        }
+        let idle_timeout = duration(settings, "db_stale_timeout")?.or(Some(Duration::from_secs(600)));
+        let acquire_timeout = duration(settings, "db_timeout")?.unwrap_or(Duration::from_secs(5));
+        let shown = format!(
+            "postgres://{}@{}:{}/{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("")
+        );
+        Ok(Some(DbSettings {
+            options,
+            shown,
+            max_connections,
+            idle_timeout,
+            acquire_timeout,
+        }))
+    }
+}
+
+fn duration(settings: &ServiceConfig, key: &str) -> Result<Option<Duration>> {
+    let Some(text) = settings.raw(key).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if let Ok(seconds) = text.parse::<f64>() {
+        if seconds.is_finite() && seconds >= 0.0 {
+            return Ok(Some(Duration::from_secs_f64(seconds)));
+        }
+    }
+    humantime::parse_duration(text)
+        .map(Some)
+        .map_err(|_| settings.error(key, format!("expected a duration such as 5s or 500ms, got {text:?}")))
+}
+
+/// A service's pool.
+pub struct Database {
+    pool: PgPool,
+    service: String,
+    settings: DbSettings,
+}
+
+impl Database {
+    /// Builds the pool and checks the database answers, retrying with backoff (a database
+    /// still starting does not fail the start); after the last attempt, a clear error.
+    pub async fn connect(service: &str, settings: DbSettings) -> Result<Database> {
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .idle_timeout(settings.idle_timeout)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_lazy_with(settings.options.clone());
+        let mut delay = Duration::from_millis(500);
+        for attempt in 1..=6 {
+            match pool.acquire().await {
+                Ok(_) => {
+                    tracing::info!(service, database = %settings.shown, max_connections = settings.max_connections, "database pool ready");
+                    return Ok(Database {
+                        pool,
+                        service: service.to_string(),
+                        settings,
+                    });
+                }
+                // The server answered with a refusal (unknown role, bad password, no such
+                // database): waiting will not fix it.
+                Err(err) if attempt < 6 && !matches!(err, sqlx::Error::Database(_)) => {
+                    tracing::warn!(service, database = %settings.shown, attempt, retry_in = ?delay, "cannot reach the database: {err}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(8));
+                }
+                Err(err) => {
+                    return Err(Error::Database {
+                        service: service.to_string(),
+                        message: format!(
+                            "cannot reach the database {} after {attempt} attempts: {err} (is PostgreSQL running?)",
+                            settings.shown
+                        ),
+                    })
+                }
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// The pool itself, for work outside an entry point.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A connection for one call; waits up to `db_timeout` for a free one.
+    pub async fn acquire(&self) -> Result<Db> {
+        self.pool.acquire().await.map(Db).map_err(|err| self.error(err))
+    }
+
+    /// A transaction for one call.
+    pub async fn begin(&self) -> Result<Tx> {
+        self.pool.begin().await.map(Tx).map_err(|err| self.error(err))
+    }
+
+    fn error(&self, err: sqlx::Error) -> Error {
+        let message = match err {
+            sqlx::Error::PoolTimedOut => format!(
+                "no free connection in the pool of {} within db_timeout = {} (db_max_conn = {})",
+                self.settings.shown,
+                humantime::format_duration(self.settings.acquire_timeout),
+                self.settings.max_connections
+            ),
+            other => format!("database {}: {other}", self.settings.shown),
+        };
+        Error::Database {
+            service: self.service.clone(),
+            message,
+        }
+    }
+
+    /// Applies the migrations in `dir` (sqlx's format: `<version>_<name>.sql`).
+    pub async fn migrate(&self, dir: &std::path::Path) -> Result<()> {
+        let migrator = sqlx::migrate::Migrator::new(dir).await.map_err(|err| Error::Database {
+            service: self.service.clone(),
+            message: format!("reading migrations in {}: {err}", dir.display()),
+        })?;
+        migrator.run(&self.pool).await.map_err(|err| Error::Database {
+            service: self.service.clone(),
+            message: format!("applying migrations from {} to {}: {err}", dir.display(), self.settings.shown),
+        })
+    }
+}
+
+/// A pooled connection held for one call (for a stream: until it ends or is dropped).
+///
+/// ```no_run
+/// use farine::prelude::*;
+///
+/// #[derive(Default)]
+/// pub struct Todo;
+///
+/// #[farine::service]
+/// impl Todo {
+///     #[rpc::method]
+///     async fn count(&self, mut db: Db) -> farine::Result<i64> {
+///         let (n,): (i64,) = sqlx::query_as("select count(*) from todos")
+///             .fetch_one(db.conn())
+///             .await?;
+///         Ok(n)
+///     }
+/// }
+/// ```
+pub struct Db(PoolConnection<Postgres>);
+
+impl Db {
+    /// The connection, for sqlx queries: `.fetch_one(db.conn())`.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.0
+    }
+}
+
+impl Deref for Db {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.0
+    }
+}
+
+impl DerefMut for Db {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.0
+    }
+}
+
+/// A transaction for one call, taken as `tx: &mut Tx`: committed after the method returned
+/// `Ok`, rolled back after an `Err` or a panic, and only then is the message acked or the
+/// reply sent. A failed commit is a failed call.
+///
+/// ```no_run
+/// use farine::prelude::*;
+///
+/// #[derive(Default)]
+/// pub struct Todo;
+///
+/// #[farine::service]
+/// impl Todo {
+///     #[rpc::method]
+///     async fn add(&self, tx: &mut Tx, title: String) -> farine::Result<i64> {
+///         let (id,): (i64,) = sqlx::query_as("insert into todos (title) values ($1) returning id")
+///             .bind(title)
+///             .fetch_one(tx.conn())
+///             .await?;
+///         Ok(id)
+///     }
+/// }
+/// ```
+pub struct Tx(Transaction<'static, Postgres>);
+
+impl Tx {
+    /// The transaction's connection, for sqlx queries: `.execute(tx.conn())`.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.0
+    }
+
+    pub(crate) async fn commit(self) -> Result<()> {
+        self.0.commit().await.map_err(Error::from)
+    }
+
+    pub(crate) async fn rollback(self) -> Result<()> {
+        self.0.rollback().await.map_err(Error::from)
+    }
+}
+
+impl Deref for Tx {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.0
+    }
+}
+
+impl DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.0
+    }
+}

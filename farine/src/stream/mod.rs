@@ -1,0 +1,408 @@
+//! `#[stream::http]`: a Server-Sent-Events listener.
+//!
+//! A method marked `#[stream::http]` is called for every event of an HTTP
+//! [`text/event-stream`](https://html.spec.whatwg.org/multipage/server-sent-events.html),
+//! one event at a time and in the order the server sent them (so a method that republishes
+//! them to RabbitMQ republishes in order).
+//!
+//! ```no_run
+//! use farine::prelude::*;
+//! use farine::stream::Event;
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize)]
+//! pub struct Price {
+//!     pub symbol: String,
+//!     pub cents: i64,
+//! }
+//!
+//! #[derive(Default)]
+//! pub struct Ticker;
+//!
+//! #[farine::service] // [ticker] endpoint = https://prices.example/v1/stream
+//! impl Ticker {
+//!     #[stream::http]
+//!     async fn on_price(&self, event: Event<Price>) -> farine::Result<()> {
+//!         farine::tracing::info!(symbol = %event.data.symbol, cents = event.data.cents, id = ?event.id);
+//!         Ok(())
+//!     }
+//! }
+//! ```
+//!
+//! # The event's data
+//!
+//! [`Event<T>`](Event)'s `data` is what the server sent in the event's `data:` lines (joined
+//! with `\n`), delivered as `T`:
+//!
+//! - `Event` (that is `Event<String>`): the text exactly as sent, not decoded;
+//! - `Event<serde_json::Value>`, `Event<MyStruct>` or any other `T: Deserialize`: the text
+//!   decoded as JSON.
+//!
+//! The rule is "`String` is raw, everything else is JSON"; it is decided by the type itself
+//! (a `TypeId` comparison), so no wrapper type or extra trait is needed. Data that does not
+//! decode as `T` is logged ("undecodable event data", with the event id) and skipped: the
+//! method is not called. For a stream whose events differ in shape, take `Event` and decode
+//! per event name with [`Event::json`].
+//!
+//! # Configuration
+//!
+//! In the service's section (see [`ListenerSpec::from_settings`]):
+//!
+//! ```ini
+//! [ticker]
+//! endpoint = https://prices.example/v1/stream  ; or #[stream::http(endpoint = "...")]
+//! header.Authorization = Bearer ${PRICES_TOKEN} ; any number of header.<Name> keys
+//! idle_timeout = 60s                            ; no byte for this long: reconnect (0 = never)
+//! retry_delay = 1s                              ; first reconnection delay after a failure
+//! retry_max_delay = 60s                         ; the delay doubles up to this
+//! max_message_bytes = 16MiB                     ; larger events are skipped
+//! ```
+//!
+//! # Resilience
+//!
+//! The listener only ends when the service shuts down. When the stream ends, the connection
+//! breaks, the server answers with an error status or a wrong content type, or no byte
+//! arrives for `idle_timeout`, it logs a warning with the reason and reconnects, sending
+//! `Last-Event-ID` with the id of the last event received, so the server can resume after
+//! it. See [`run`] for the exact timing. Header values are never logged, and the endpoint is
+//! logged with any password hidden.
+//!
+//! # What a failing method does
+//!
+//! SSE has no acknowledgement and no redelivery: an event whose method returns `Err` or
+//! panics is logged (with its id) and the stream carries on with the next event.
+
+mod listen;
+mod parse;
+#[cfg(test)]
+mod tests;
+
+pub use farine_macros::stream_http as http;
+#[doc(hidden)]
+pub use listen::run;
+
+use crate::config::{redact_uri, ServiceConfig};
+use crate::context::ServiceContext;
+use crate::registry::{panic_text, HandlerResult, Outcome};
+use crate::{Error, Result};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+use std::any::Any;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The `idle_timeout` used when the key is unset.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One server-sent event, as the method receives it.
+///
+/// `T` is how `data` is delivered: `String` (the default) is the text as sent; any other
+/// type is decoded from JSON (see the [module documentation](self)).
+///
+/// ```
+/// use farine::stream::Event;
+///
+/// let event: Event = Event {
+///     id: Some("42".into()),
+///     event: "price".into(),
+///     data: r#"{"symbol":"ACME","cents":1234}"#.into(),
+/// };
+/// let value: serde_json::Value = event.json()?;
+/// assert_eq!(value["cents"], 1234);
+/// # Ok::<(), farine::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event<T = String> {
+    /// The event's id: the last `id:` the server sent, which persists across events until
+    /// the server sends another (`None` when it never sent one, or reset it with an empty
+    /// `id:`).
+    pub id: Option<String>,
+    /// The event's type: its `event:` field, `"message"` when it has none.
+    pub event: String,
+    /// The event's data.
+    pub data: T,
+}
+
+impl Event<String> {
+    /// Decodes the data as JSON, for methods that take raw events and decode them depending
+    /// on their type.
+    ///
+    /// ```
+    /// # use farine::stream::Event;
+    /// let event = Event { id: None, event: "ping".to_string(), data: "not json".to_string() };
+    /// let err = event.json::<serde_json::Value>().unwrap_err();
+    /// assert!(err.to_string().starts_with("JSON decoding the data of event \"ping\""));
+    /// ```
+    pub fn json<U: DeserializeOwned>(&self) -> Result<U> {
+        serde_json::from_str(&self.data).map_err(Error::json(format!(
+            "decoding the data of event {:?}",
+            self.event
+        )))
+    }
+}
+
+/// Decodes event data as `T`: the text itself when `T` is `String`, JSON otherwise.
+fn decode<T: DeserializeOwned + 'static>(data: String) -> std::result::Result<T, String> {
+    let mut slot = Some(data);
+    if let Some(raw) = (&mut slot as &mut dyn Any).downcast_mut::<Option<T>>() {
+        if let Some(raw) = raw.take() {
+            return Ok(raw);
+        }
+    }
+    let data = slot.unwrap_or_default();
+    serde_json::from_str(&data).map_err(|err| {
+        format!(
+            "event data does not decode as JSON {}: {err}",
+            std::any::type_name::<T>()
+        )
+    })
+}
+
+/// Runs a `#[stream::http]` method on one event; built by [`event_handler`].
+pub type EventHandler =
+    Arc<dyn Fn(Arc<ServiceContext>, Event<String>) -> BoxFuture<'static, Outcome> + Send + Sync>;
+
+/// Builds the handler of a `#[stream::http]` method: decodes the event's data as `T` (see
+/// [`Event`]), calls the method, and turns its result into an [`Outcome`]. Data that does not
+/// decode is [`Outcome::Poison`] (the method is not called); a panic in the method is
+/// [`Outcome::Failed`], not a dead listener.
+///
+/// ```
+/// use farine::stream::{event_handler, Event};
+/// use std::sync::Arc;
+///
+/// struct Feed;
+/// impl Feed {
+///     async fn on_event(&self, event: Event<serde_json::Value>) -> farine::Result<()> {
+///         println!("{}", event.data);
+///         Ok(())
+///     }
+/// }
+///
+/// let handler = event_handler(Arc::new(Feed), |feed: Arc<Feed>, _context, event| async move {
+///     feed.on_event(event).await
+/// });
+/// # let _ = handler;
+/// ```
+pub fn event_handler<S, T, F, Fut>(service: Arc<S>, method: F) -> EventHandler
+where
+    S: Send + Sync + 'static,
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(Arc<S>, Arc<ServiceContext>, Event<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: HandlerResult,
+{
+    let method = Arc::new(method);
+    Arc::new(move |context: Arc<ServiceContext>, event: Event<String>| {
+        let data = match decode::<T>(event.data) {
+            Ok(data) => data,
+            Err(reason) => return futures::future::ready(Outcome::Poison(reason)).boxed(),
+        };
+        let event = Event {
+            id: event.id,
+            event: event.event,
+            data,
+        };
+        let service = service.clone();
+        let method = method.clone();
+        // The method is called inside the guarded future, so even a panic before its first
+        // `.await` (or in a non-async closure) becomes a failure.
+        std::panic::AssertUnwindSafe(async move { method(service, context, event).await })
+            .catch_unwind()
+            .map(|result| match result {
+                Ok(result) => result.into_outcome(),
+                Err(panic) => Outcome::Failed(format!("handler panicked: {}", panic_text(&panic))),
+            })
+            .boxed()
+    })
+}
+
+/// Where and how one `#[stream::http]` entry point listens.
+#[derive(Clone)]
+pub struct ListenerSpec {
+    /// `service.method`, for logs.
+    pub label: String,
+    /// The event stream's URL (`http://` or `https://`; a `user:password@` in it is sent as
+    /// basic authentication and never logged).
+    pub endpoint: String,
+    /// Extra request headers, sent on every connection (values are never logged).
+    pub headers: Vec<(String, String)>,
+    /// A connection that receives no byte for this long is dropped and reconnected
+    /// (keep-alive comments count). `Duration::ZERO` disables it.
+    pub idle_timeout: Duration,
+    /// The first reconnection delay after a failure, and the delay after a stream ends when
+    /// the server did not set one with `retry:`.
+    pub retry_min: Duration,
+    /// The cap on the doubling reconnection delay.
+    pub retry_max: Duration,
+    /// Events (and lines) larger than this are skipped, so a broken server cannot exhaust
+    /// memory.
+    pub max_event_bytes: usize,
+    /// On shutdown, how long the event being handled may take to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for ListenerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(name, _)| (name.as_str(), "***"))
+            .collect();
+        f.debug_struct("ListenerSpec")
+            .field("label", &self.label)
+            .field("endpoint", &redact_uri(&self.endpoint))
+            .field("headers", &headers)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("retry_min", &self.retry_min)
+            .field("retry_max", &self.retry_max)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish()
+    }
+}
+
+impl ListenerSpec {
+    /// The listener of entry point `label` (`"service.method"`), configured from the
+    /// service's settings:
+    ///
+    /// - `endpoint`: the attribute's `endpoint` if given, else the section's `endpoint` key
+    ///   (else an [`Error::Config`] naming the file, section and key `endpoint`);
+    /// - `header.<Name> = value`: a request header per key (an empty value, such as an unset
+    ///   `${TOKEN:}`, sends no header); `Accept: text/event-stream` and
+    ///   `Cache-Control: no-cache` are always sent unless overridden this way;
+    /// - `idle_timeout`: default 60s, `0` disables it;
+    /// - `retry_delay` / `retry_max_delay`: the reconnection delay bounds (the same keys as
+    ///   the consumers' retries: 1s and 60s by default);
+    /// - `max_message_bytes`: the largest event accepted; `shutdown_grace`.
+    ///
+    /// ```
+    /// use farine::config::Config;
+    /// use farine::stream::ListenerSpec;
+    /// use std::time::Duration;
+    ///
+    /// let config = Config::from_str(
+    ///     "[DEFAULT]\namqp_uri = amqp://localhost\n\
+    ///      [ticker]\nendpoint = https://prices.example/stream\n\
+    ///      header.Authorization = Bearer s3cret\nidle_timeout = 90s\n",
+    ///     "farine.ini",
+    /// )?;
+    /// let spec = ListenerSpec::from_settings("ticker.on_price", None, &config.service("ticker")?)?;
+    /// assert_eq!(spec.endpoint, "https://prices.example/stream");
+    /// assert_eq!(spec.headers, [("authorization".to_string(), "Bearer s3cret".to_string())]);
+    /// assert_eq!(spec.idle_timeout, Duration::from_secs(90));
+    /// assert!(!format!("{spec:?}").contains("s3cret"));
+    ///
+    /// let err = ListenerSpec::from_settings("shop.feed", None, &config.service("shop")?).unwrap_err();
+    /// assert!(err.to_string().starts_with("farine.ini [shop] endpoint: required by #[stream::http] shop.feed"));
+    /// # Ok::<(), farine::Error>(())
+    /// ```
+    pub fn from_settings(
+        label: impl Into<String>,
+        attribute_endpoint: Option<&str>,
+        settings: &ServiceConfig,
+    ) -> Result<ListenerSpec> {
+        let label = label.into();
+        let endpoint = match attribute_endpoint {
+            Some(endpoint) => {
+                check_url(endpoint).map_err(|message| {
+                    Error::Runtime(format!(
+                        "#[stream::http] {label}: endpoint {:?}: {message}",
+                        redact_uri(endpoint)
+                    ))
+                })?;
+                endpoint.to_owned()
+            }
+            None => {
+                let Some(endpoint) = settings.endpoint.as_deref() else {
+                    return Err(settings.error(
+                        "endpoint",
+                        format!(
+                            "required by #[stream::http] {label}: expected the event stream's \
+                             http:// or https:// URL, in the service's section or as \
+                             #[stream::http(endpoint = \"...\")]"
+                        ),
+                    ));
+                };
+                check_url(endpoint).map_err(|message| {
+                    settings.error(
+                        "endpoint",
+                        format!("{message}, got {:?}", redact_uri(endpoint)),
+                    )
+                })?;
+                endpoint.to_owned()
+            }
+        };
+        let mut headers = Vec::new();
+        for (key, value) in settings.raw_prefixed("header.") {
+            let name = &key["header.".len()..];
+            let value = value.trim();
+            if value.is_empty() {
+                continue;
+            }
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(settings.error(
+                    key,
+                    format!("expected an HTTP header name after \"header.\", got {name:?}"),
+                ));
+            }
+            if reqwest::header::HeaderValue::from_str(value).is_err() {
+                return Err(settings.error(
+                    key,
+                    "expected a header value of printable text without line breaks (the value \
+                     is not shown)",
+                ));
+            }
+            headers.push((name.to_owned(), value.to_owned()));
+        }
+        let idle_timeout = match settings.raw("idle_timeout").map(str::trim) {
+            None | Some("") => DEFAULT_IDLE_TIMEOUT,
+            Some(value) => parse_duration(value).ok_or_else(|| {
+                settings.error(
+                    "idle_timeout",
+                    format!(
+                        "expected a duration such as 60s, 500ms or 2m, or a number of seconds \
+                         (0 disables it), got {value:?}"
+                    ),
+                )
+            })?,
+        };
+        Ok(ListenerSpec {
+            label,
+            endpoint,
+            headers,
+            idle_timeout,
+            retry_min: settings.retry_delay,
+            retry_max: settings.retry_max_delay,
+            max_event_bytes: settings.max_message_bytes,
+            shutdown_grace: settings.shutdown_grace,
+        })
+    }
+}
+
+/// Checks that `url` is an absolute http(s) URL with a host; the error says what is wrong.
+fn check_url(url: &str) -> std::result::Result<(), String> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|err| format!("expected an http:// or https:// URL ({err})"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "expected an http:// or https:// URL, not {}://",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("expected an http:// or https:// URL with a host".to_owned());
+    }
+    Ok(())
+}
+
+/// A humantime duration ("60s", "500ms", "2m") or a number of seconds, as everywhere in the
+/// configuration.
+fn parse_duration(value: &str) -> Option<Duration> {
+    if let Ok(secs) = value.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).ok();
+    }
+    humantime::parse_duration(value).ok()
+}
