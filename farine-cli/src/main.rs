@@ -51,6 +51,16 @@ enum Command {
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
     },
+    /// Apply the sqlx migrations in each crate's `migrations/` folder to its services' databases.
+    Migrate {
+        /// Cargo package holding the service binary (as for `farine --start`).
+        #[arg(short = 's', long = "start", value_name = "MODULE", required = true)]
+        start: Vec<String>,
+
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
     /// Create a service crate that builds and runs as generated.
     New {
         /// Crate and service name: lowercase letters, digits, `_` or `-`, starting with a letter.
@@ -91,6 +101,7 @@ fn main() -> ExitCode {
             args,
             timeout,
         }) => call::run(&target, args.as_deref(), timeout.as_deref()),
+        Some(Command::Migrate { start, release }) => start::migrate(&start, release),
         Some(Command::New { name, path }) => {
             scaffold::run(&name, path.as_deref()).map(|()| ExitCode::SUCCESS)
         }

@@ -42,6 +42,44 @@ pub fn run(modules: &[String], release: bool) -> Result<ExitCode, Failure> {
     supervise(services)
 }
 
+/// `farine migrate --start MODULE`: builds each module and runs its binary in migration mode
+/// (`FARINE_MIGRATIONS` = the crate's `migrations/` folder): every service of the binary with
+/// a database applies the sqlx migrations there, then the binary exits.
+pub fn migrate(modules: &[String], release: bool) -> Result<ExitCode, Failure> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| Failure::new(format!("cannot read the current directory: {e}")))?;
+    let workspace = metadata(&cwd, None);
+    let mut services = Vec::with_capacity(modules.len());
+    for module in modules {
+        let target = resolve(module, &cwd, &workspace)?;
+        services.push(build(&target, release)?);
+    }
+    for service in services {
+        let migrations = service.dir.join("migrations");
+        if !migrations.is_dir() {
+            return Err(Failure::new(format!(
+                "{}: no migrations folder at {}",
+                service.name,
+                migrations.display()
+            )));
+        }
+        let status = Command::new(&service.executable)
+            .env("FARINE_MIGRATIONS", &migrations)
+            .status()
+            .map_err(|e| {
+                Failure::new(format!("cannot run {}: {e}", service.executable.display()))
+            })?;
+        if !status.success() {
+            return Err(Failure::new(format!(
+                "migrations of {} failed ({})",
+                service.name,
+                describe(status)
+            )));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A workspace package as `cargo metadata` describes it.
 #[derive(Debug, Clone)]
 struct Package {
@@ -72,6 +110,8 @@ struct Target {
 struct Service {
     name: String,
     executable: PathBuf,
+    /// The package's directory, where its `migrations/` folder lives.
+    dir: PathBuf,
 }
 
 fn cargo() -> OsString {
@@ -367,9 +407,15 @@ fn build(target: &Target, release: bool) -> Result<Service, Failure> {
             package.name
         ))
     })?;
+    let dir = package
+        .manifest_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     Ok(Service {
         name: package.name.clone(),
         executable,
+        dir,
     })
 }
 

@@ -415,3 +415,43 @@ fn start_keeps_the_others_running_when_one_fails() {
     // The first failure decides the exit status.
     assert_eq!(status.code(), Some(3), "{printed}");
 }
+
+/// Prints the migrations folder it was given, as a farine binary in migration mode would use it.
+const PRINT_MIGRATIONS: &str = r#"fn main() {
+    match std::env::var("FARINE_MIGRATIONS") {
+        Ok(dir) => println!("migrations: {dir}"),
+        Err(_) => std::process::exit(9),
+    }
+}
+"#;
+
+#[test]
+fn migrate_runs_the_built_binary_on_the_crates_migrations_folder() {
+    let tmp = temp_dir();
+    let package = tmp.path().join("withdb");
+    write_package(&package, "withdb", PRINT_MIGRATIONS);
+    std::fs::create_dir_all(package.join("migrations")).unwrap();
+    let output = run(farine()
+        .args(["migrate", "--start"])
+        .arg(&package)
+        .current_dir(tmp.path())
+        .env("CARGO_TARGET_DIR", tmp.path().join("target")));
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let expected = format!("migrations: {}", package.join("migrations").display());
+    assert!(stdout.contains(&expected), "{stdout}");
+
+    let bare = tmp.path().join("nodb");
+    write_package(&bare, "nodb", PRINT_MIGRATIONS);
+    let output = run(farine()
+        .args(["migrate", "--start"])
+        .arg(&bare)
+        .current_dir(tmp.path())
+        .env("CARGO_TARGET_DIR", tmp.path().join("target")));
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("no migrations folder"),
+        "{}",
+        text(&output.stderr)
+    );
+}

@@ -4,8 +4,8 @@
 
 use crate::broker::Broker;
 use crate::config::{Config, ServiceConfig};
-use crate::rpc::Client;
 use crate::db::Database;
+use crate::rpc::Client;
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};

@@ -53,7 +53,9 @@ impl DbSettings {
         let Some(connector) = settings.raw("db_connector").filter(|c| !c.is_empty()) else {
             return Ok(None);
         };
-        if !connector.eq_ignore_ascii_case("postgres") && !connector.eq_ignore_ascii_case("postgresql") {
+        if !connector.eq_ignore_ascii_case("postgres")
+            && !connector.eq_ignore_ascii_case("postgresql")
+        {
             return Err(settings.error(
                 "db_connector",
                 format!("expected postgres, got {connector:?}"),
@@ -63,17 +65,24 @@ impl DbSettings {
             Some(url) => url.parse::<PgConnectOptions>().map_err(|err| {
                 settings.error(
                     "db_url",
-                    format!("expected postgres://user:password@host:port/database, got {}: {err}", redact_uri(url)),
+                    format!(
+                        "expected postgres://user:password@host:port/database, got {}: {err}",
+                        redact_uri(url)
+                    ),
                 )
             })?,
             None => {
                 let required = |key: &str| {
-                    settings
-                        .raw(key)
-                        .filter(|v| !v.is_empty())
-                        .ok_or_else(|| settings.error(key, "missing: required with db_connector = postgres (or set db_url)"))
+                    settings.raw(key).filter(|v| !v.is_empty()).ok_or_else(|| {
+                        settings.error(
+                            key,
+                            "missing: required with db_connector = postgres (or set db_url)",
+                        )
+                    })
                 };
-                let port = settings.parse::<u16>("db_port", "a port number from 1 to 65535")?.unwrap_or(5432);
+                let port = settings
+                    .parse::<u16>("db_port", "a port number from 1 to 65535")?
+                    .unwrap_or(5432);
                 PgConnectOptions::new()
                     .host(required("db_host")?)
                     .port(port)
@@ -88,7 +97,8 @@ impl DbSettings {
         if max_connections == 0 {
             return Err(settings.error("db_max_conn", "expected at least 1, got 0"));
         }
-        let idle_timeout = duration(settings, "db_stale_timeout")?.or(Some(Duration::from_secs(600)));
+        let idle_timeout =
+            duration(settings, "db_stale_timeout")?.or(Some(Duration::from_secs(600)));
         let acquire_timeout = duration(settings, "db_timeout")?.unwrap_or(Duration::from_secs(5));
         let shown = format!(
             "postgres://{}@{}:{}/{}",
@@ -116,9 +126,12 @@ fn duration(settings: &ServiceConfig, key: &str) -> Result<Option<Duration>> {
             return Ok(Some(Duration::from_secs_f64(seconds)));
         }
     }
-    humantime::parse_duration(text)
-        .map(Some)
-        .map_err(|_| settings.error(key, format!("expected a duration such as 5s or 500ms, got {text:?}")))
+    humantime::parse_duration(text).map(Some).map_err(|_| {
+        settings.error(
+            key,
+            format!("expected a duration such as 5s or 500ms, got {text:?}"),
+        )
+    })
 }
 
 /// A service's pool.
@@ -176,12 +189,20 @@ impl Database {
 
     /// A connection for one call; waits up to `db_timeout` for a free one.
     pub async fn acquire(&self) -> Result<Db> {
-        self.pool.acquire().await.map(Db).map_err(|err| self.error(err))
+        self.pool
+            .acquire()
+            .await
+            .map(Db)
+            .map_err(|err| self.error(err))
     }
 
     /// A transaction for one call.
     pub async fn begin(&self) -> Result<Tx> {
-        self.pool.begin().await.map(Tx).map_err(|err| self.error(err))
+        self.pool
+            .begin()
+            .await
+            .map(Tx)
+            .map_err(|err| self.error(err))
     }
 
     fn error(&self, err: sqlx::Error) -> Error {
@@ -200,17 +221,45 @@ impl Database {
         }
     }
 
-    /// Applies the migrations in `dir` (sqlx's format: `<version>_<name>.sql`).
+    /// Applies the migrations in `dir` (sqlx's format: `<version>_<name>.sql`). Each service
+    /// records what it applied in its own table, `_farine_migrations_<service>`, so services
+    /// that share a database do not see each other's migrations as unknown.
     pub async fn migrate(&self, dir: &std::path::Path) -> Result<()> {
-        let migrator = sqlx::migrate::Migrator::new(dir).await.map_err(|err| Error::Database {
-            service: self.service.clone(),
-            message: format!("reading migrations in {}: {err}", dir.display()),
-        })?;
-        migrator.run(&self.pool).await.map_err(|err| Error::Database {
-            service: self.service.clone(),
-            message: format!("applying migrations from {} to {}: {err}", dir.display(), self.settings.shown),
-        })
+        let mut migrator =
+            sqlx::migrate::Migrator::new(dir)
+                .await
+                .map_err(|err| Error::Database {
+                    service: self.service.clone(),
+                    message: format!("reading migrations in {}: {err}", dir.display()),
+                })?;
+        migrator.dangerous_set_table_name(migrations_table(&self.service));
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|err| Error::Database {
+                service: self.service.clone(),
+                message: format!(
+                    "applying migrations from {} to {}: {err}",
+                    dir.display(),
+                    self.settings.shown
+                ),
+            })
     }
+}
+
+/// The table where `service`'s applied migrations are recorded.
+pub fn migrations_table(service: &str) -> String {
+    let name: String = service
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("_farine_migrations_{name}")
 }
 
 /// A pooled connection held for one call (for a stream: until it ends or is dropped).

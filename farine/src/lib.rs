@@ -40,15 +40,15 @@
 pub mod amqp;
 pub mod broker;
 pub mod config;
-pub mod db;
 pub mod context;
-pub mod execute;
+pub mod db;
 mod error;
+pub mod execute;
 pub mod registry;
 mod retry;
 pub mod rpc;
-pub mod stream;
 pub mod runtime;
+pub mod stream;
 
 pub use config::Config;
 pub use error::{Error, Result};
@@ -61,8 +61,6 @@ pub use futures;
 pub use rpc::Client;
 pub use serde_json;
 pub use tracing;
-
-
 
 /// What a service module needs: `use farine::prelude::*;`.
 pub mod prelude {

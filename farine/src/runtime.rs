@@ -4,9 +4,9 @@
 
 use crate::amqp::consumer;
 use crate::broker::Broker;
-use crate::db::{Database, DbSettings};
 use crate::config::{Config, ServiceConfig};
 use crate::context::{self, ServiceContext};
+use crate::db::{Database, DbSettings};
 use crate::registry::{self, ServiceRegistration};
 use crate::rpc::server;
 use crate::{Error, Result};
@@ -292,6 +292,9 @@ pub fn run() -> ExitCode {
 
 async fn serve() -> Result<()> {
     let config = Config::from_env()?;
+    if let Some(dir) = std::env::var_os("FARINE_MIGRATIONS") {
+        return migrate(&config, std::path::Path::new(&dir)).await;
+    }
     if registry::services().is_empty() {
         return Err(Error::Runtime(
             "no #[farine::service] is compiled into this binary".into(),
@@ -321,6 +324,29 @@ async fn serve() -> Result<()> {
             Err(err)
         }
     }
+}
+
+/// Migration mode (`farine migrate`): applies `dir` to the database of every service in this
+/// binary that has one, then returns.
+async fn migrate(config: &Config, dir: &std::path::Path) -> Result<()> {
+    let mut migrated = 0;
+    for registration in registry::services() {
+        let settings = config.service(registration.name)?;
+        let Some(db) = DbSettings::from_settings(&settings)? else {
+            continue;
+        };
+        let database = Database::connect(registration.name, db).await?;
+        database.migrate(dir).await?;
+        tracing::info!(service = registration.name, migrations = %dir.display(), "migrations applied");
+        migrated += 1;
+    }
+    if migrated == 0 {
+        return Err(Error::Runtime(format!(
+            "no service in this binary has a database (db_connector = postgres) in {}",
+            config.path().display()
+        )));
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() -> &'static str {

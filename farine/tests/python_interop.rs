@@ -174,7 +174,9 @@ async fn connect() -> Connection {
 /// Deletes queues and exchanges, each on a channel of its own (a failed delete closes its
 /// channel), and returns those that still exist.
 async fn remove(queues: &[String], exchanges: &[String]) -> Vec<String> {
+    let t = std::time::Instant::now();
     let connection = connect().await;
+    eprintln!("DBG remove connected {:?}", t.elapsed());
     for queue in queues {
         if let Ok(channel) = connection.create_channel().await {
             let _ = channel
@@ -191,6 +193,7 @@ async fn remove(queues: &[String], exchanges: &[String]) -> Vec<String> {
             let _ = channel.close(200, "OK".into()).await;
         }
     }
+    eprintln!("DBG remove deleted {:?}", t.elapsed());
     let mut left = Vec::new();
     for queue in queues {
         if queue_exists(&connection, queue).await {
@@ -1288,11 +1291,15 @@ async fn rust_client_against_python_server(service: &'static str, strays: bool) 
         }
     };
     let cleanup = async move {
+        let t = std::time::Instant::now();
         let server = server.lock().unwrap().take();
         if let Some(server) = server {
             server.stop().await;
         }
-        remove(&queues, &exchanges).await
+        eprintln!("DBG {service} stopped at {:?}", t.elapsed());
+        let r = remove(&queues, &exchanges).await;
+        eprintln!("DBG {service} removed at {:?}", t.elapsed());
+        r
     };
     bounded(service, body, cleanup).await;
 }
@@ -1326,4 +1333,31 @@ fn python_json_spelling() {
         python_caller_sees(&[item(json!(0)), item(json!(2)), end()]),
         (vec![json!(2)], None)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn zz_stress_tmp() {
+    let running = farine::Runtime::new(config(""))
+        .only([CALC])
+        .start()
+        .await
+        .unwrap();
+    let leaks: Leaks = Arc::default();
+    for i in 0..400 {
+        let mut client = PythonClient::new(CALC, &leaks).await;
+        let t = std::time::Instant::now();
+        let cid = client.send("add", json!([i]), json!({"b": 2})).await;
+        let r = client.next_reply().await;
+        assert_eq!(r.correlation_id.as_deref(), Some(cid.as_str()));
+        let r = client.next_reply().await;
+        assert_eq!(r.frame, end());
+        if t.elapsed() > Duration::from_millis(500) {
+            eprintln!("slow {i}: {:?}", t.elapsed());
+        }
+        client.delete().await;
+    }
+    running.shutdown().await.unwrap();
+    let (q, e) = calc_topology();
+    remove(&q, &e).await;
 }

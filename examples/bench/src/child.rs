@@ -45,6 +45,9 @@ impl Child {
             pid,
         };
         child.expect("ready", Duration::from_secs(60)).await?;
+        if crate::verbose() {
+            eprintln!("service process {kind}: pid {}", child.pid());
+        }
         Ok(child)
     }
 

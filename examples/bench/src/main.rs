@@ -8,8 +8,8 @@
 //! Usage: `cargo run --release -p farine-bench -- [rpc_seq] [rpc_pipelined] [events]
 //! [rpc_stream] [idle_rss]` (no argument: all). The services run in their own processes,
 //! as deployed: this binary started again as `farine-bench __serve <kind>` (see `serve`).
-//! Each side is warmed up first; then the two sides take turns lapin, farine, farine, lapin,
-//! so a drift of the shared machine weighs on both alike.
+//! Each side is warmed up first; then the two sides take short turns (see `TURNS`), so a
+//! drift of the shared machine weighs on both alike.
 
 mod baseline;
 mod child;
@@ -39,12 +39,12 @@ const WORKLOADS: &[&str] = &[
 ];
 const DEFAULT_INI: &str = "[DEFAULT]\namqp_uri = amqp://guest:guest@127.0.0.1:5672/%2f\n";
 
-/// Time per turn of the timed RPC workloads (four turns: two per side).
-const RPC_TURN: Duration = Duration::from_millis(1500);
+/// Time per turn of the timed RPC workloads (eight turns: four per side).
+const RPC_TURN: Duration = Duration::from_millis(750);
 const WARM_UP: Duration = Duration::from_millis(400);
 const PIPELINE_DEPTH: usize = 64;
 /// Messages per turn of the events workload.
-const EVENTS_TURN: u64 = 10_000;
+const EVENTS_TURN: u64 = 5_000;
 const EVENTS_WARM_UP: u64 = 2_000;
 /// Messages a publisher has in flight (published, not yet confirmed).
 const PUBLISH_WINDOW: usize = 256;
@@ -136,31 +136,100 @@ fn scale() -> f64 {
         .unwrap_or(1.0)
 }
 
+/// `FARINE_BENCH_VERBOSE=1`: service process ids and every turn's figure on stderr.
+fn verbose() -> bool {
+    std::env::var_os("FARINE_BENCH_VERBOSE").is_some()
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Side {
     Lapin,
     Farine,
 }
 
-/// Turns of each side: lapin, farine, farine, lapin.
-const TURNS: [Side; 4] = [Side::Lapin, Side::Farine, Side::Farine, Side::Lapin];
+/// Turns of the two sides, short and interleaved (ABBA BAAB), so that the drift of a shared,
+/// noisy machine weighs on both alike.
+const TURNS: [Side; 8] = [
+    Side::Lapin,
+    Side::Farine,
+    Side::Farine,
+    Side::Lapin,
+    Side::Farine,
+    Side::Lapin,
+    Side::Lapin,
+    Side::Farine,
+];
 
-/// Operations and the time they took, summed over turns.
+/// Operations, the time they took, and the CPU time the bench process (the client side)
+/// and the service process spent meanwhile, summed over turns.
 #[derive(Clone, Copy, Debug, Default)]
 struct Tally {
     count: u64,
     time: Duration,
+    client_cpu: f64,
+    service_cpu: f64,
 }
 
 impl Tally {
-    fn add(&mut self, (count, time): (u64, Duration)) {
-        self.count += count;
-        self.time += time;
+    fn add(&mut self, turn: Tally) {
+        if verbose() {
+            eprintln!("  turn: {}", turn.describe());
+        }
+        self.count += turn.count;
+        self.time += turn.time;
+        self.client_cpu += turn.client_cpu;
+        self.service_cpu += turn.service_cpu;
     }
 
     fn rate(&self) -> f64 {
         self.count as f64 / self.time.as_secs_f64().max(1e-9)
     }
+
+    fn describe(&self) -> String {
+        let per_op = |cpu: f64| cpu * 1e6 / (self.count.max(1) as f64);
+        format!(
+            "{} in {:.2?} = {:.0}/s, CPU per operation: client {:.0}us, service {:.0}us",
+            self.count,
+            self.time,
+            self.rate(),
+            per_op(self.client_cpu),
+            per_op(self.service_cpu)
+        )
+    }
+}
+
+/// CPU seconds (user + system) process `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Linux reports clock ticks of 1/100 s (USER_HZ).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Runs one turn against the service process `service`, with its CPU accounting.
+async fn measured(service: u32, turn: impl Future<Output = Res<(u64, Duration)>>) -> Res<Tally> {
+    let me = std::process::id();
+    let (client, server) = (cpu_seconds(me), cpu_seconds(service));
+    let (count, time) = turn.await?;
+    Ok(Tally {
+        count,
+        time,
+        client_cpu: cpu_seconds(me) - client,
+        service_cpu: cpu_seconds(service) - server,
+    })
 }
 
 #[derive(Default)]
@@ -179,6 +248,13 @@ impl Pair {
 
     fn ratio(&self) -> f64 {
         self.farine.rate() / self.lapin.rate().max(1e-9)
+    }
+
+    fn explain(&self, id: &str) {
+        if verbose() {
+            eprintln!("  {id} lapin:  {}", self.lapin.describe());
+            eprintln!("  {id} farine: {}", self.farine.describe());
+        }
     }
 }
 
@@ -232,10 +308,7 @@ async fn run(config: farine::Config, selected: &[&str]) -> Res<()> {
         }
 
         if wants("rpc_seq") {
-            let mut pair = Pair::default();
-            for side in TURNS {
-                pair.side(side).add(bench.calls(side, rpc_turn, 1).await?);
-            }
+            let pair = bench.sequential(rpc_turn * TURNS.len() as u32).await?;
             line(
                 "rpc_seq",
                 pair.farine.rate(),
@@ -247,10 +320,12 @@ async fn run(config: farine::Config, selected: &[&str]) -> Res<()> {
         if wants("rpc_pipelined") || wants("idle_rss") {
             let mut pair = Pair::default();
             for side in TURNS {
+                let turn = bench.calls(side, rpc_turn, PIPELINE_DEPTH);
                 pair.side(side)
-                    .add(bench.calls(side, rpc_turn, PIPELINE_DEPTH).await?);
+                    .add(measured(bench.service_pid(side), turn).await?);
             }
             after_pipelined_mib = bench.children[0].rss_mib();
+            pair.explain("rpc_pipelined");
             if wants("rpc_pipelined") {
                 line(
                     "rpc_pipelined",
@@ -266,37 +341,22 @@ async fn run(config: farine::Config, selected: &[&str]) -> Res<()> {
 
     let mut lapin_events_rate = None;
     if wants("events") || wants("rpc_stream") {
-        let mut farine_events = Child::spawn("farine-events").await?;
-        let mut lapin_events = Child::spawn("lapin-events").await?;
-        let publisher = events::publisher();
-        let lapin_publisher = baseline::EventsPublisher::connect(&events_settings).await?;
-        let mut next = 0u64;
-        let mut turn = |side: Side, n: u64| {
-            let range = next..next + n;
-            next += n;
-            let child = match side {
-                Side::Lapin => &mut lapin_events,
-                Side::Farine => &mut farine_events,
-            };
-            let publisher = &publisher;
-            let lapin_publisher = &lapin_publisher;
-            async move {
-                child.arm(n).await?;
-                let start = Instant::now();
-                match side {
-                    Side::Lapin => lapin_publisher.publish(range, PUBLISH_WINDOW).await?,
-                    Side::Farine => farine_publish(publisher, range, PUBLISH_WINDOW).await?,
-                }
-                child.expect("done", Duration::from_secs(120)).await?;
-                Ok::<_, BoxError>((n, start.elapsed()))
-            }
+        let mut bench = Events {
+            farine: Child::spawn("farine-events").await?,
+            lapin: Child::spawn("lapin-events").await?,
+            publisher: events::publisher(),
+            lapin_publisher: baseline::EventsPublisher::connect(&events_settings).await?,
+            next: 0,
         };
-        turn(Side::Lapin, EVENTS_WARM_UP).await?;
-        turn(Side::Farine, EVENTS_WARM_UP).await?;
+        bench.turn(Side::Lapin, EVENTS_WARM_UP).await?;
+        bench.turn(Side::Farine, EVENTS_WARM_UP).await?;
         let mut pair = Pair::default();
         for side in TURNS {
-            pair.side(side).add(turn(side, events_turn).await?);
+            let service = bench.service_pid(side);
+            pair.side(side)
+                .add(measured(service, bench.turn(side, events_turn)).await?);
         }
+        pair.explain("events");
         lapin_events_rate = Some(pair.lapin.rate());
         if wants("events") {
             line(
@@ -307,9 +367,9 @@ async fn run(config: farine::Config, selected: &[&str]) -> Res<()> {
                 "",
             );
         }
-        lapin_publisher.close().await;
-        farine_events.stop().await;
-        lapin_events.stop().await;
+        bench.lapin_publisher.close().await;
+        bench.farine.stop().await;
+        bench.lapin.stop().await;
     }
 
     if let Some(bench) = &rpc {
@@ -319,8 +379,11 @@ async fn run(config: farine::Config, selected: &[&str]) -> Res<()> {
             }
             let mut pair = Pair::default();
             for side in TURNS {
-                pair.side(side).add(bench.stream(side, STREAM_ITEMS).await?);
+                let turn = bench.stream(side, STREAM_ITEMS);
+                pair.side(side)
+                    .add(measured(bench.service_pid(side), turn).await?);
             }
+            pair.explain("rpc_stream");
             let events = lapin_events_rate.unwrap_or(f64::NAN);
             let farine = pair.farine.rate();
             // `lapin=` is the lapin events figure, which the target is set against; the
@@ -374,6 +437,13 @@ struct Rpc {
 }
 
 impl Rpc {
+    fn service_pid(&self, side: Side) -> u32 {
+        match side {
+            Side::Farine => self.children[0].pid(),
+            Side::Lapin => self.children[1].pid(),
+        }
+    }
+
     /// `add` calls for `duration`, `workers` of them in flight at any time.
     async fn calls(&self, side: Side, duration: Duration, workers: usize) -> Res<(u64, Duration)> {
         match side {
@@ -394,6 +464,41 @@ impl Rpc {
                 .await
             }
         }
+    }
+
+    /// One caller for `duration`, alternating call by call between the sides (in both
+    /// orders), each call awaited before the next: both see the same moments of a noisy
+    /// machine. A side's figure is its calls over the time its own calls took.
+    async fn sequential(&self, duration: Duration) -> Res<Pair> {
+        let mut pair = Pair::default();
+        let deadline = Instant::now() + duration;
+        let mut i = 0i64;
+        while Instant::now() < deadline {
+            let order = if i % 2 == 0 {
+                [Side::Lapin, Side::Farine]
+            } else {
+                [Side::Farine, Side::Lapin]
+            };
+            for side in order {
+                let start = Instant::now();
+                let sum = match side {
+                    Side::Lapin => self.lapin.add(i, 1).await?,
+                    Side::Farine => self.calc.add(i, 1).await?,
+                };
+                let took = start.elapsed();
+                expect_sum(sum, i)?;
+                let tally = pair.side(side);
+                tally.count += 1;
+                tally.time += took;
+            }
+            i += 1;
+        }
+        if verbose() {
+            for (side, tally) in [("lapin", pair.lapin), ("farine", pair.farine)] {
+                eprintln!("  {side}: {} calls, {:.0}/s", tally.count, tally.rate());
+            }
+        }
+        Ok(pair)
     }
 
     /// One `count(n)`, read fully.
@@ -417,6 +522,44 @@ impl Rpc {
             return Err(format!("count({n}) gave {items} items ({side:?})").into());
         }
         Ok((items, start.elapsed()))
+    }
+}
+
+/// Both events consumers (service processes) and both publishers.
+struct Events {
+    farine: Child,
+    lapin: Child,
+    publisher: farine::Publisher,
+    lapin_publisher: baseline::EventsPublisher,
+    /// The next `n` to publish.
+    next: u64,
+}
+
+impl Events {
+    fn service_pid(&self, side: Side) -> u32 {
+        match side {
+            Side::Farine => self.farine.pid(),
+            Side::Lapin => self.lapin.pid(),
+        }
+    }
+
+    /// Publishes `n` events from one side; the time from the first publish until the
+    /// consumer handled the last.
+    async fn turn(&mut self, side: Side, n: u64) -> Res<(u64, Duration)> {
+        let range = self.next..self.next + n;
+        self.next += n;
+        let child = match side {
+            Side::Lapin => &mut self.lapin,
+            Side::Farine => &mut self.farine,
+        };
+        child.arm(n).await?;
+        let start = Instant::now();
+        match side {
+            Side::Lapin => self.lapin_publisher.publish(range, PUBLISH_WINDOW).await?,
+            Side::Farine => farine_publish(&self.publisher, range, PUBLISH_WINDOW).await?,
+        }
+        child.expect("done", Duration::from_secs(120)).await?;
+        Ok((n, start.elapsed()))
     }
 }
 
@@ -463,7 +606,7 @@ async fn farine_publish(
     window: usize,
 ) -> Res<()> {
     futures::stream::iter(range)
-        .map(|n| publisher.send(&events::Event { n }))
+        .map(|n| async move { publisher.send(&events::Event { n }).await })
         .buffer_unordered(window)
         .try_collect::<()>()
         .await?;

@@ -4,10 +4,10 @@
 use super::frame::{kind, ErrorInfo, Frame};
 use super::server::{Call, Reply};
 use super::Broadcast;
-use crate::db::{Db, Tx};
-use crate::registry::Outcome;
 use super::FromClient;
 use crate::context::ServiceContext;
+use crate::db::{Db, Tx};
+use crate::registry::Outcome;
 use futures::stream::BoxStream;
 use futures::{FutureExt, Stream, StreamExt};
 use std::future::Future;
@@ -97,7 +97,10 @@ pub fn error_frame(err: crate::Error) -> Reply {
 }
 
 pub fn error_stream(err: crate::Error) -> BoxStream<'static, Frame> {
-    futures::stream::once(async move { Frame::Error(ErrorInfo::new(kind::INTERNAL, err.to_string())) }).boxed()
+    futures::stream::once(
+        async move { Frame::Error(ErrorInfo::new(kind::INTERNAL, err.to_string())) },
+    )
+    .boxed()
 }
 
 /// A client for a method parameter, sharing the service's connection and reply queue.

@@ -37,7 +37,8 @@ pub struct Broadcast(std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>);
 impl Broadcast {
     /// Stages `event`; it is published only if the call succeeds.
     pub fn send<T: serde::Serialize + ?Sized>(&self, event: &T) -> crate::Result<()> {
-        let value = serde_json::to_value(event).map_err(crate::Error::json("encoding a broadcast event"))?;
+        let value = serde_json::to_value(event)
+            .map_err(crate::Error::json("encoding a broadcast event"))?;
         self.0.lock().unwrap_or_else(|p| p.into_inner()).push(value);
         Ok(())
     }

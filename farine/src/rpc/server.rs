@@ -43,7 +43,10 @@ pub struct Reply {
 
 impl From<Frame> for Reply {
     fn from(frame: Frame) -> Self {
-        Reply { frame, events: None }
+        Reply {
+            frame,
+            events: None,
+        }
     }
 }
 
@@ -118,7 +121,12 @@ pub(crate) async fn attach(
     retry::declare_dead_letter_queue(&channel, &queue).await?;
     if let Some(exchange) = entry.spec.broadcast {
         broker
-            .declare_exchange(exchange, crate::config::ExchangeKind::Fanout, settings.durable, false)
+            .declare_exchange(
+                exchange,
+                crate::config::ExchangeKind::Fanout,
+                settings.durable,
+                false,
+            )
             .await?;
     }
     let tag = format!("farine.{label}.{}", uuid::Uuid::new_v4().simple());
@@ -400,7 +408,10 @@ async fn broadcast(broker: &Broker, label: &str, exchange: &str, events: &[serde
                 continue;
             }
         };
-        if let Err(err) = broker.publish(exchange, "", &body, properties.clone(), false).await {
+        if let Err(err) = broker
+            .publish(exchange, "", &body, properties.clone(), false)
+            .await
+        {
             tracing::error!(call = %label, exchange, "could not broadcast an event: {err}");
         }
     }

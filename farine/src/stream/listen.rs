@@ -113,7 +113,10 @@ pub(crate) async fn listen(spec: ListenerSpec, dispatch: Dispatch, shutdown: Can
 enum Ended {
     Shutdown,
     /// `reason` completes "SSE stream ...". `received`: the connection delivered bytes.
-    Lost { reason: String, received: bool },
+    Lost {
+        reason: String,
+        received: bool,
+    },
 }
 
 fn lost(reason: impl Into<String>, received: bool) -> Ended {
@@ -265,7 +268,8 @@ impl Listener {
         };
         let dispatch = self.dispatch.clone();
         // The handler is called inside the guarded future: a panic anywhere in it is caught.
-        let call = std::panic::AssertUnwindSafe(async move { dispatch(event).await }).catch_unwind();
+        let call =
+            std::panic::AssertUnwindSafe(async move { dispatch(event).await }).catch_unwind();
         tokio::pin!(call);
         let (result, finished) = tokio::select! {
             result = &mut call => (Some(result), true),
@@ -455,7 +459,10 @@ mod tests {
             endpoint: "http://127.0.0.1/".into(),
             headers: vec![
                 ("authorization".into(), "Bearer t0ken".into()),
-                ("accept".into(), "text/event-stream, application/json".into()),
+                (
+                    "accept".into(),
+                    "text/event-stream, application/json".into(),
+                ),
             ],
             idle_timeout: Duration::ZERO,
             retry_min: Duration::ZERO,

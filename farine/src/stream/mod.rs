@@ -78,8 +78,8 @@ mod parse;
 mod tests;
 
 pub use farine_macros::stream_http as http;
-#[doc(hidden)]
-pub use listen::run;
+#[allow(unused_imports)] // the runtime starts #[stream::http] entry points with it
+pub(crate) use listen::run;
 
 use crate::config::{redact_uri, ServiceConfig};
 use crate::context::ServiceContext;
@@ -229,8 +229,9 @@ pub struct ListenerSpec {
     pub endpoint: String,
     /// Extra request headers, sent on every connection (values are never logged).
     pub headers: Vec<(String, String)>,
-    /// A connection that receives no byte for this long is dropped and reconnected
-    /// (keep-alive comments count). `Duration::ZERO` disables it.
+    /// A connection that receives no byte for this long (keep-alive comments count), or a
+    /// request that gets no response for this long, is dropped and reconnected.
+    /// `Duration::ZERO` disables it.
     pub idle_timeout: Duration,
     /// The first reconnection delay after a failure, and the delay after a stream ends when
     /// the server did not set one with `retry:`.

@@ -204,17 +204,11 @@ impl Parser {
                     self.data.push('\n');
                 }
             }
-            "id" => {
-                if !value.contains('\0') {
-                    value.clone_into(&mut self.id_buffer);
-                }
-            }
-            "retry" => {
-                if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-                    // All digits but too large for u64: the longest wait there is.
-                    let ms = value.parse::<u64>().unwrap_or(u64::MAX);
-                    self.retry = Some(Duration::from_millis(ms));
-                }
+            "id" if !value.contains('\0') => value.clone_into(&mut self.id_buffer),
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                // All digits but too large for u64: the longest wait there is.
+                let ms = value.parse::<u64>().unwrap_or(u64::MAX);
+                self.retry = Some(Duration::from_millis(ms));
             }
             _ => {}
         }
@@ -313,10 +307,7 @@ mod tests {
         // string, as would the last block if it was followed by a blank line. The middle block
         // fires an event with the data set to a single newline character. The last block is
         // discarded because it is not followed by a blank line."
-        assert_eq!(
-            parse("data\n\ndata\ndata\n\ndata:"),
-            [msg(""), msg("\n")]
-        );
+        assert_eq!(parse("data\n\ndata\ndata\n\ndata:"), [msg(""), msg("\n")]);
         // "The following stream fires two identical events": one space after the colon is
         // dropped, only one.
         assert_eq!(
@@ -369,11 +360,7 @@ mod tests {
     fn event_type_defaults_to_message_and_resets() {
         assert_eq!(
             parse("event: add\ndata: 1\n\ndata: 2\n\nevent: remove\nevent: update\ndata: 3\n\n"),
-            [
-                event("", "add", "1"),
-                msg("2"),
-                event("", "update", "3")
-            ]
+            [event("", "add", "1"), msg("2"), event("", "update", "3")]
         );
         // An event with no data is not dispatched, and its type does not leak into the next.
         assert_eq!(parse("event: ping\n\ndata: x\n\n"), [msg("x")]);
@@ -399,7 +386,10 @@ mod tests {
         let (_, parser) = parse_chunks(&[b"id: 41\ndata: a\n\nid: 42\n\n"]);
         assert_eq!(parser.last_event_id(), "42");
         // An id with a space after the colon keeps only what follows it; ids are not trimmed.
-        assert_eq!(parse("id:  x \ndata: a\n\n"), [event(" x ", "message", "a")]);
+        assert_eq!(
+            parse("id:  x \ndata: a\n\n"),
+            [event(" x ", "message", "a")]
+        );
     }
 
     #[test]
@@ -412,7 +402,10 @@ mod tests {
         assert_eq!(retry("retry: 1.5\n"), None);
         assert_eq!(retry("retry:\n"), None);
         assert_eq!(retry("retry\n"), None);
-        assert_eq!(retry("retry: 10\nretry: x\n"), Some(Duration::from_millis(10)));
+        assert_eq!(
+            retry("retry: 10\nretry: x\n"),
+            Some(Duration::from_millis(10))
+        );
         assert_eq!(
             retry("retry: 99999999999999999999999\n"),
             Some(Duration::from_millis(u64::MAX))
@@ -451,10 +444,7 @@ mod tests {
 
     #[test]
     fn invalid_utf8_becomes_replacement_characters() {
-        assert_eq!(
-            parse_chunks(&[b"data: a\xFFb\n\n"]).0,
-            [msg("a\u{FFFD}b")]
-        );
+        assert_eq!(parse_chunks(&[b"data: a\xFFb\n\n"]).0, [msg("a\u{FFFD}b")]);
         // A multi-byte character split across chunks is not damaged.
         assert_eq!(
             parse_chunks(&[b"data: \xE2\x82", b"\xAC\n\n"]).0,
