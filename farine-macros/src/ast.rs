@@ -180,6 +180,24 @@ impl Service {
     }
 }
 
+/// The impl block with every farine method attribute removed, and the paths of those
+/// attributes (so that the imports they used still count as used).
+pub fn without_farine_attributes(mut item: ItemImpl) -> (ItemImpl, Vec<syn::Path>) {
+    let mut paths = Vec::new();
+    for impl_item in &mut item.items {
+        if let ImplItem::Fn(func) = impl_item {
+            func.attrs.retain(|attr| {
+                let farine = classify(attr).is_some();
+                if farine {
+                    paths.push(attr.path().clone());
+                }
+                !farine
+            });
+        }
+    }
+    (item, paths)
+}
+
 /// Takes the farine attributes off `func` (so they are not expanded on their own) and records them.
 fn parse_method(index: usize, func: &mut syn::ImplItemFn) -> syn::Result<Option<Method>> {
     let mut entries = Vec::new();

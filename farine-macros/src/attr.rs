@@ -256,7 +256,6 @@ impl Args {
         }
     }
 
-    #[allow(dead_code)] // read by #[execute::method] expansion
     pub fn bool(&self, key: &str) -> Option<(bool, Span)> {
         match self.get(key) {
             Some(Lit::Bool(b)) => Some((b.value, b.span)),

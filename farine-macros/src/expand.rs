@@ -7,8 +7,33 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::{FnArg, ImplItem, ItemImpl};
 
-pub fn service(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
-    let item: ItemImpl = syn::parse2(input)?;
+/// On a misuse, the errors come with the impl block as written (farine attributes removed),
+/// so the user sees only the real error, not follow-on ones about missing methods.
+pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
+    let item: ItemImpl = match syn::parse2(input.clone()) {
+        Ok(item) => item,
+        Err(err) => {
+            let err = err.into_compile_error();
+            return quote!(#err #input);
+        }
+    };
+    match expand(args, item.clone()) {
+        Ok(tokens) => tokens,
+        Err(err) => {
+            let err = err.into_compile_error();
+            // Only the real error: no follow-on warnings about what the error left unused.
+            let (item, paths) = crate::ast::without_farine_attributes(item);
+            quote! {
+                #err
+                #[allow(unused)]
+                #item
+                const _: () = { #(#[allow(unused_imports)] use #paths as _;)* };
+            }
+        }
+    }
+}
+
+fn expand(args: TokenStream, item: ItemImpl) -> syn::Result<TokenStream> {
     let mut service = Service::parse(args, item)?;
     valid::check(&service)?;
     inject_publishers(&mut service);
@@ -171,10 +196,8 @@ fn invocation(method: &Method, on_error: &TokenStream) -> Invocation {
                 call.broadcast = Some(name);
             }
             Some(Injected::Shutdown) => {
-                call.injections.extend(quote! {
-                    let #name = ::farine::__private::shutdown_of(&__ctx);
-                });
-                call.arguments.push(quote!(#name));
+                call.arguments
+                    .push(quote!(::core::clone::Clone::clone(&__shutdown)));
             }
             None => {
                 let name = format_ident!("__farine_arg_{}", message_index);
@@ -368,10 +391,89 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
                 );
             });
         }
-        EntryKind::Stream | EntryKind::Execute => {
-            let kind = entry.kind.shown();
+        EntryKind::Stream => {
+            let endpoint = opt_str(args.str("endpoint").map(|l| l.value()));
+            let event_ty = method
+                .message_params()
+                .next()
+                .map(|p| p.ty.clone())
+                .expect("validated: one event parameter");
+            let on_error = quote!(::farine::__private::Outcome::Failed(err.to_string()));
+            let Invocation {
+                arguments,
+                injections,
+                tx,
+                ..
+            } = invocation(method, &on_error);
+            let settle = match &tx {
+                Some(tx) => quote!(::farine::__private::settle_tx_outcome(#tx, __outcome).await),
+                None => quote!(__outcome),
+            };
+            let handler = quote_spanned! {span=>
+                ::farine::__private::event_handler(
+                    ::std::sync::Arc::clone(&svc),
+                    |svc: ::std::sync::Arc<#ty>, __ctx: ::std::sync::Arc<::farine::context::ServiceContext>, __farine_arg_0: #event_ty| async move {
+                        #injections
+                        let __outcome = ::farine::__private::HandlerResult::into_outcome(svc.#ident(#(#arguments),*).await);
+                        #settle
+                    },
+                )
+            };
             out.extend(quote! {
-                def.pending(#kind, #method_name);
+                def.listen(
+                    ::farine::__private::ListenAttr { method: #method_name, endpoint: #endpoint },
+                    #handler,
+                );
+            });
+        }
+        EntryKind::Execute => {
+            let restart = match args.bool("restart") {
+                Some((value, _)) => quote!(::core::option::Option::Some(#value)),
+                None => quote!(::core::option::Option::None),
+            };
+            let restart_delay = match args
+                .str("restart_delay")
+                .and_then(|l| valid::parse_duration_ms(&l.value()))
+            {
+                Some(ms) => quote!(::core::option::Option::Some(#ms)),
+                None => quote!(::core::option::Option::None),
+            };
+            let max_restarts = match args.int("max_restarts") {
+                Some(lit) => quote!(::core::option::Option::Some(#lit)),
+                None => quote!(::core::option::Option::None),
+            };
+            let on_error = quote!(::farine::__private::Outcome::Failed(err.to_string()));
+            let Invocation {
+                arguments,
+                injections,
+                tx,
+                ..
+            } = invocation(method, &on_error);
+            let settle = match &tx {
+                Some(tx) => quote!(::farine::__private::settle_tx_outcome(#tx, __outcome).await),
+                None => quote!(__outcome),
+            };
+            let handler = quote_spanned! {span=>
+                ::farine::__private::execute_handler(
+                    ::std::sync::Arc::clone(&svc),
+                    |svc: ::std::sync::Arc<#ty>, __ctx: ::std::sync::Arc<::farine::context::ServiceContext>, __shutdown: ::farine::execute::Shutdown| async move {
+                        let _ = &__shutdown;
+                        #injections
+                        let __outcome = ::farine::__private::HandlerResult::into_outcome(svc.#ident(#(#arguments),*).await);
+                        #settle
+                    },
+                )
+            };
+            out.extend(quote! {
+                def.execute(
+                    ::farine::__private::ExecuteAttr {
+                        method: #method_name,
+                        restart: #restart,
+                        restart_delay_ms: #restart_delay,
+                        max_restarts: #max_restarts,
+                    },
+                    #handler,
+                );
             });
         }
     }

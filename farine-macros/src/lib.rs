@@ -16,9 +16,7 @@ use proc_macro::TokenStream;
 /// Declares a farine service on an `impl` block. See the `farine` crate for the full tour.
 #[proc_macro_attribute]
 pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
-    expand::service(args.into(), input.into())
-        .unwrap_or_else(syn::Error::into_compile_error)
-        .into()
+    expand::service(args.into(), input.into()).into()
 }
 
 macro_rules! method_attribute {

@@ -39,9 +39,9 @@
 //! - a run that returns `Ok`, or one that lasted at least `backoff_max` before failing,
 //!   counts as healthy: the backoff and the count of failures start over;
 //! - `max_restarts = N` bounds the restarts after failures *in a row*: when the method fails
-//!   again after N such restarts, the entry point gives up. It logs an error and
-//!   [`supervise`] returns an `Err`, which the runtime treats like any entry point that died
-//!   (the process stops with that error, so whatever supervises the process notices). Without
+//!   again after N such restarts, the entry point gives up: it logs an error and ends with an
+//!   `Err`, which the runtime treats like any entry point that died (the process stops with
+//!   that error, so whatever supervises the process notices and can restart it). Without
 //!   `max_restarts` it is restarted forever.
 //!
 //! With `restart = false` it runs once; how it ended is logged, and the service carries on.
@@ -217,7 +217,6 @@ type Launch = Arc<dyn Fn(Shutdown) -> BoxFuture<'static, Outcome> + Send + Sync>
 ///
 /// Returns `Ok` when the entry point ended normally (shutdown, `restart = false`), and `Err`
 /// only when it gave up after `max_restarts` failures in a row.
-#[allow(dead_code)] // started by the runtime once it runs #[execute::method] entry points
 pub(crate) async fn supervise(
     spec: ExecuteSpec,
     handler: ExecuteHandler,

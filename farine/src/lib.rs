@@ -66,7 +66,9 @@ pub use tracing;
 pub mod prelude {
     pub use crate::amqp::{self, Publisher};
     pub use crate::db::{Db, Tx};
+    pub use crate::execute::Shutdown;
     pub use crate::rpc::Broadcast;
+    pub use crate::stream::Event;
     pub use crate::{execute, rpc, stream};
     pub use futures::{Stream, StreamExt};
 }
@@ -101,9 +103,10 @@ macro_rules! main {
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::execute::execute_handler;
     pub use crate::registry::{
-        consume_handler, Call, ConsumeSpec, HandlerResult, Outcome, PublishSpec, RpcSpec,
-        ServiceDef, ServiceRegistration,
+        consume_handler, Call, ConsumeSpec, ExecuteAttr, HandlerResult, ListenAttr, Outcome,
+        PublishSpec, RpcSpec, ServiceDef, ServiceRegistration,
     };
     pub use crate::rpc::args::Args;
     pub use crate::rpc::handler::{
@@ -111,5 +114,6 @@ pub mod __private {
         settle_tx_frame, settle_tx_outcome, streaming, unary,
     };
     pub use crate::rpc::reply::{Returned, ViaDisplayError, ViaSerializableError, ViaValue};
+    pub use crate::stream::event_handler;
     pub use inventory;
 }

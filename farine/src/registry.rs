@@ -2,7 +2,9 @@
 //! its entry points around one shared instance. The runtime reads these; nothing else does.
 
 use crate::context::ServiceContext;
+use crate::execute::{ExecuteHandler, ExecuteSpec};
 pub use crate::rpc::server::{Call, RpcEntry, RpcHandler, RpcSpec};
+use crate::stream::EventHandler;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
@@ -30,10 +32,10 @@ pub struct ServiceDef {
     pub consumers: Vec<ConsumeEntry>,
     pub rpcs: Vec<RpcEntry>,
     pub publishers: Vec<PublishSpec>,
+    pub listeners: Vec<(ListenAttr, EventHandler)>,
+    pub loops: Vec<(ExecuteAttr, ExecuteHandler)>,
     /// Methods that take a database parameter: the service must have a database.
     pub db_methods: Vec<&'static str>,
-    /// Entry points of kinds this runtime does not run yet: `(attribute, method)`.
-    pub pending: Vec<(&'static str, &'static str)>,
 }
 
 impl ServiceDef {
@@ -42,9 +44,10 @@ impl ServiceDef {
             name,
             consumers: Vec::new(),
             rpcs: Vec::new(),
+            listeners: Vec::new(),
+            loops: Vec::new(),
             publishers: Vec::new(),
             db_methods: Vec::new(),
-            pending: Vec::new(),
         }
     }
 
@@ -60,12 +63,16 @@ impl ServiceDef {
         self.publishers.push(spec);
     }
 
-    pub fn uses_db(&mut self, method: &'static str) {
-        self.db_methods.push(method);
+    pub fn listen(&mut self, attr: ListenAttr, handler: EventHandler) {
+        self.listeners.push((attr, handler));
     }
 
-    pub fn pending(&mut self, attribute: &'static str, method: &'static str) {
-        self.pending.push((attribute, method));
+    pub fn execute(&mut self, attr: ExecuteAttr, handler: ExecuteHandler) {
+        self.loops.push((attr, handler));
+    }
+
+    pub fn uses_db(&mut self, method: &'static str) {
+        self.db_methods.push(method);
     }
 }
 
@@ -78,6 +85,36 @@ pub struct ConsumeSpec {
     pub exchange_type: Option<&'static str>,
     pub queue: Option<&'static str>,
     pub concurrency: Option<u16>,
+}
+
+/// `#[stream::http(...)]` as written.
+#[derive(Clone, Debug)]
+pub struct ListenAttr {
+    pub method: &'static str,
+    pub endpoint: Option<&'static str>,
+}
+
+/// `#[execute::method(...)]` as written; what is not given comes from [`ExecuteSpec::new`].
+#[derive(Clone, Debug)]
+pub struct ExecuteAttr {
+    pub method: &'static str,
+    pub restart: Option<bool>,
+    pub restart_delay_ms: Option<u64>,
+    pub max_restarts: Option<u32>,
+}
+
+impl ExecuteAttr {
+    pub fn spec(&self, service: &str) -> ExecuteSpec {
+        let mut spec = ExecuteSpec::new(format!("{service}.{}", self.method));
+        if let Some(restart) = self.restart {
+            spec.restart = restart;
+        }
+        if let Some(ms) = self.restart_delay_ms {
+            spec.restart_delay = std::time::Duration::from_millis(ms);
+        }
+        spec.max_restarts = self.max_restarts;
+        spec
+    }
 }
 
 /// `#[amqp::publish(...)]`: where a method's publisher sends.

@@ -7,8 +7,10 @@ use crate::broker::Broker;
 use crate::config::{Config, ServiceConfig};
 use crate::context::{self, ServiceContext};
 use crate::db::{Database, DbSettings};
+use crate::execute;
 use crate::registry::{self, ServiceRegistration};
 use crate::rpc::server;
+use crate::stream::{self, ListenerSpec};
 use crate::{Error, Result};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -114,13 +116,6 @@ impl Runtime {
                 db,
             ));
             context::register(def.name, service.clone());
-            for (attribute, method) in &def.pending {
-                tracing::warn!(
-                    service = def.name,
-                    method,
-                    "#[{attribute}] entry points are not run by this version of farine yet"
-                );
-            }
             for publisher in &def.publishers {
                 if settings.auto_declare {
                     broker
@@ -156,7 +151,27 @@ impl Runtime {
                     Ok(())
                 });
             }
-            tracing::info!(service = def.name, broker = %settings.amqp_uri, consumers, rpc_methods = methods, publishers = def.publishers.len(), "service ready");
+            let listeners = def.listeners.len();
+            for (attr, handler) in def.listeners {
+                let label = format!("{}.{}", def.name, attr.method);
+                let spec = ListenerSpec::from_settings(label, attr.endpoint, &settings)?;
+                let listener = stream::run(spec, handler, service.clone(), shutdown.child_token());
+                running.tasks.spawn(async move {
+                    listener.await;
+                    Ok(())
+                });
+            }
+            let loops = def.loops.len();
+            for (attr, handler) in def.loops {
+                running.tasks.spawn(execute::supervise(
+                    attr.spec(def.name),
+                    handler,
+                    service.clone(),
+                    shutdown.child_token(),
+                    settings.shutdown_grace,
+                ));
+            }
+            tracing::info!(service = def.name, broker = %settings.amqp_uri, consumers, rpc_methods = methods, listeners, loops, publishers = def.publishers.len(), "service ready");
             running.grace = running.grace.max(settings.shutdown_grace);
             running.services.push(def.name.to_string());
         }

@@ -248,6 +248,30 @@ async fn exchange_exists(connection: &Connection, exchange: &str) -> bool {
     exists
 }
 
+/// A queue's state, for failure messages.
+async fn describe(connection: &Connection, queue: &str) -> String {
+    let channel = connection.create_channel().await.expect("channel");
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    let _ = channel.close(200, "OK".into()).await;
+    match declared {
+        Ok(q) => format!(
+            "{queue}: {} messages ready, {} consumers",
+            q.message_count(),
+            q.consumer_count()
+        ),
+        Err(err) => format!("{queue}: {err}"),
+    }
+}
+
 /// Messages ready in `queue`.
 async fn ready(connection: &Connection, queue: &str) -> u32 {
     let channel = connection.create_channel().await.expect("channel");
@@ -323,8 +347,9 @@ struct PythonClient {
     service: String,
     queue: String,
     consumer: Option<lapin::Consumer>,
-    /// The call under way, for failure messages.
+    /// The call under way and its request queue, for failure messages.
     current: String,
+    request_queue: String,
 }
 
 type Leaks = Arc<Mutex<Vec<String>>>;
@@ -387,6 +412,7 @@ impl PythonClient {
             queue,
             consumer: None,
             current: String::new(),
+            request_queue: String::new(),
         }
     }
 
@@ -394,6 +420,7 @@ impl PythonClient {
     async fn send(&mut self, method: &str, args: Value, kwargs: Value) -> String {
         let correlation_id = uuid::Uuid::new_v4().simple().to_string();
         self.current = format!("{}.{method}(*{args}, **{kwargs})", self.service);
+        self.request_queue = format!("{}__{method}", self.service);
         let body = python_json(&json!({"args": args, "kwargs": kwargs}));
         self.channel
             .basic_publish(
@@ -426,16 +453,21 @@ impl PythonClient {
 
     async fn next_reply(&mut self) -> Reply {
         let consumer = self.consumer.as_mut().expect("a request was sent");
-        let delivery = tokio::time::timeout(FRAME_WAIT, consumer.next())
-            .await
-            .unwrap_or_else(|_| {
+        let delivery = match tokio::time::timeout(FRAME_WAIT, consumer.next()).await {
+            Ok(delivery) => delivery
+                .expect("the reply consumer is open")
+                .expect("a delivery"),
+            Err(_) => {
+                let connection = connect().await;
+                let request_queue = describe(&connection, &self.request_queue).await;
+                let reply_queue = describe(&connection, &self.queue).await;
                 panic!(
-                    "{}: no reply frame in the Python client's queue {} within {FRAME_WAIT:?}",
-                    self.current, self.queue
+                    "{}: no reply frame within {FRAME_WAIT:?}; request queue {request_queue}; \
+                     reply queue {reply_queue}",
+                    self.current
                 )
-            })
-            .expect("the reply consumer is open")
-            .expect("a delivery");
+            }
+        };
         delivery
             .ack(BasicAckOptions::default())
             .await
@@ -900,10 +932,18 @@ impl PythonServer {
     }
 
     async fn stop(self) {
-        for task in &self.tasks {
+        let t = std::time::Instant::now();
+        let closed = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.connection.close(200, "OK".into()),
+        )
+        .await;
+        eprintln!("DBG server closed {closed:?} {:?}", t.elapsed());
+        for task in self.tasks {
             task.abort();
+            let _ = task.await;
         }
-        let _ = self.connection.close(200, "OK".into()).await;
+        eprintln!("DBG server tasks ended {:?}", t.elapsed());
     }
 }
 

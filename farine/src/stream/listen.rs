@@ -42,7 +42,6 @@ pub(crate) type Dispatch = Arc<dyn Fn(Event<String>) -> BoxFuture<'static, Outco
 ///   that does not decode, is logged with the event's id and the next event follows.
 /// - **Shutdown** stops reading at once; an event being handled gets `shutdown_grace` to
 ///   finish, then is dropped.
-#[allow(dead_code)] // started by the runtime once it runs #[stream::http] entry points
 pub(crate) async fn run(
     spec: ListenerSpec,
     handler: EventHandler,

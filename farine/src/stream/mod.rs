@@ -50,12 +50,17 @@
 //!
 //! ```ini
 //! [ticker]
-//! endpoint = https://prices.example/v1/stream  ; or #[stream::http(endpoint = "...")]
-//! header.Authorization = Bearer ${PRICES_TOKEN} ; any number of header.<Name> keys
-//! idle_timeout = 60s                            ; no byte for this long: reconnect (0 = never)
-//! retry_delay = 1s                              ; first reconnection delay after a failure
-//! retry_max_delay = 60s                         ; the delay doubles up to this
-//! max_message_bytes = 16MiB                     ; larger events are skipped
+//! ; Or in the attribute: #[stream::http(endpoint = "...")].
+//! endpoint = https://prices.example/v1/stream
+//! ; Any number of request headers, one key each.
+//! header.Authorization = Bearer ${PRICES_TOKEN}
+//! ; No byte (keep-alives count) for this long: reconnect. 0 disables it. Default 60s.
+//! idle_timeout = 60s
+//! ; The reconnection delay after a failure, doubling up to retry_max_delay.
+//! retry_delay = 1s
+//! retry_max_delay = 60s
+//! ; Larger events are skipped.
+//! max_message_bytes = 16MiB
 //! ```
 //!
 //! # Resilience
@@ -64,8 +69,28 @@
 //! breaks, the server answers with an error status or a wrong content type, or no byte
 //! arrives for `idle_timeout`, it logs a warning with the reason and reconnects, sending
 //! `Last-Event-ID` with the id of the last event received, so the server can resume after
-//! it. See [`run`] for the exact timing. Header values are never logged, and the endpoint is
-//! logged with any password hidden.
+//! it (the id is kept in memory only: a restarted service starts where the server starts new
+//! clients). A failure to connect at start-up is retried the same way. Header values are never
+//! logged, and the endpoint is logged with any password hidden.
+//!
+//! The wait before reconnecting:
+//!
+//! - after a connection that had delivered data, the server's `retry:` value, else
+//!   `retry_delay`;
+//! - after attempts that delivered nothing (refused, error status, closed at once), a
+//!   backoff: the larger of `retry:` and `retry_delay` (at least 100ms), doubling with each
+//!   failure in a row up to `retry_max_delay`;
+//! - plus up to 25% of random jitter, so that the clients of a restarted server do not all
+//!   come back at the same instant.
+//!
+//! One HTTP client (HTTP/1.1, rustls with the system's root certificates) serves every
+//! connection of the listener. Each request is a `GET` with `Accept: text/event-stream`,
+//! `Cache-Control: no-cache` and the configured headers.
+//!
+//! # Shutdown
+//!
+//! Reading stops at once; the event being handled gets `shutdown_grace` to finish and is
+//! then cancelled.
 //!
 //! # What a failing method does
 //!

@@ -403,6 +403,51 @@ async fn a_stalled_connection_is_dropped_after_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_request_without_response_is_dropped_after_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded(async {
+        // A bare TCP server: the first connection never gets an answer, the second one does.
+        let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/events", socket.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (silent, _) = socket.accept().await.unwrap();
+            let (mut answered, _) = socket.accept().await.unwrap();
+            let mut request = Vec::new();
+            while !request.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                answered.read_exact(&mut byte).await.unwrap();
+                request.push(byte[0]);
+            }
+            answered
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n\
+                      id: 1\ndata: at last\n\n",
+                )
+                .await
+                .unwrap();
+            // Hold both connections open.
+            std::future::pending::<()>().await;
+            drop((silent, answered));
+        });
+        let (dispatch, mut rx) = collect();
+        let listener = start(
+            ListenerSpec {
+                idle_timeout: Duration::from_millis(300),
+                ..spec(&url)
+            },
+            dispatch,
+        );
+        assert_eq!(
+            take(&mut rx, 1).await,
+            [ev(Some("1"), "message", "at last")]
+        );
+        listener.stop().await;
+        server.abort();
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn keep_alive_comments_keep_a_quiet_stream_open() {
     bounded(async {
         let server = Server::start(|_, _| {
