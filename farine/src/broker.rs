@@ -13,6 +13,10 @@ use lapin::PublisherConfirm;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long a publish waits for a lost connection to come back before it fails.
+pub const PUBLISH_WAIT: Duration = Duration::from_secs(30);
 
 /// How a queue is declared.
 #[derive(Clone, Debug, Default)]
@@ -74,8 +78,18 @@ impl Broker {
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "farine".into());
         let open = |role: &str| {
+            // lapin reconnects by itself and replays channels, queues, bindings, consumers,
+            // QoS and confirms; entry points wait for that with `wait_for_recovery`.
             let properties = ConnectionProperties::default()
-                .with_connection_name(format!("{name} ({role}, farine)").into());
+                .with_connection_name(format!("{name} ({role}, farine)").into())
+                .enable_auto_recover()
+                .configure_backoff(|backoff| {
+                    backoff
+                        .with_min_delay(Duration::from_millis(200))
+                        .with_max_delay(Duration::from_secs(5))
+                        .with_jitter()
+                        .without_max_times()
+                });
             Connection::connect_uri(parsed.clone(), properties)
         };
         let context = || format!("connecting to {uri}");
@@ -248,22 +262,49 @@ impl Broker {
         properties: BasicProperties,
         mandatory: bool,
     ) -> Result<PublisherConfirm> {
-        self.publish_channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory,
-                    ..Default::default()
-                },
-                body,
-                properties,
+        let deadline = tokio::time::Instant::now() + PUBLISH_WAIT;
+        loop {
+            let published = self
+                .publish_channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory,
+                        ..Default::default()
+                    },
+                    body,
+                    properties.clone(),
+                )
+                .await;
+            let err = match published {
+                Ok(confirm) => return Ok(confirm),
+                Err(err) => err,
+            };
+            // The connection is down: wait for lapin to bring it back, within a bound.
+            let recovered = tokio::time::timeout_at(
+                deadline,
+                self.publish_channel.wait_for_recovery(err.clone()),
             )
-            .await
-            .map_err(|source| Error::Amqp {
-                context: publishing(exchange, routing_key),
-                source,
-            })
+            .await;
+            match recovered {
+                Ok(Ok(())) => continue,
+                Ok(Err(source)) => {
+                    return Err(Error::Amqp {
+                        context: publishing(exchange, routing_key),
+                        source,
+                    })
+                }
+                Err(_) => {
+                    return Err(Error::Runtime(format!(
+                        "{}: the broker {} is unreachable; gave up after waiting {} for the connection ({err})",
+                        publishing(exchange, routing_key),
+                        self.uri,
+                        humantime::format_duration(PUBLISH_WAIT)
+                    )))
+                }
+            }
+        }
     }
 
     /// Waits for a publish's confirm: a nack or a returned (unroutable) message is an error.

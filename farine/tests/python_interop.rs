@@ -174,9 +174,7 @@ async fn connect() -> Connection {
 /// Deletes queues and exchanges, each on a channel of its own (a failed delete closes its
 /// channel), and returns those that still exist.
 async fn remove(queues: &[String], exchanges: &[String]) -> Vec<String> {
-    let t = std::time::Instant::now();
     let connection = connect().await;
-    eprintln!("DBG remove connected {:?}", t.elapsed());
     for queue in queues {
         if let Ok(channel) = connection.create_channel().await {
             let _ = channel
@@ -193,7 +191,6 @@ async fn remove(queues: &[String], exchanges: &[String]) -> Vec<String> {
             let _ = channel.close(200, "OK".into()).await;
         }
     }
-    eprintln!("DBG remove deleted {:?}", t.elapsed());
     let mut left = Vec::new();
     for queue in queues {
         if queue_exists(&connection, queue).await {
@@ -643,7 +640,6 @@ fn calc_topology() -> (Vec<String>, Vec<String>) {
 async fn python_client_calls_rust_server() {
     support::require_rabbitmq();
     let (queues, exchanges) = calc_topology();
-    remove(&queues, &exchanges).await; // leftovers of an interrupted run
     let running = tokio::time::timeout(
         Duration::from_secs(30),
         farine::Runtime::new(config("")).only([CALC]).start(),
@@ -931,19 +927,18 @@ impl PythonServer {
         self.seen.lock().unwrap().clone()
     }
 
+    /// Closes the connection first (the consumers end with it), then ends the tasks:
+    /// aborting tasks that own channels and consumers first can leave `close` waiting.
     async fn stop(self) {
-        let t = std::time::Instant::now();
-        let closed = tokio::time::timeout(
+        let _ = tokio::time::timeout(
             Duration::from_secs(10),
             self.connection.close(200, "OK".into()),
         )
         .await;
-        eprintln!("DBG server closed {closed:?} {:?}", t.elapsed());
         for task in self.tasks {
             task.abort();
             let _ = task.await;
         }
-        eprintln!("DBG server tasks ended {:?}", t.elapsed());
     }
 }
 
@@ -1293,20 +1288,26 @@ fn check_requests_as_python_sees_them(service: &str, seen: &[SeenRequest]) {
     );
 }
 
-async fn rust_client_against_python_server(service: &'static str, strays: bool) {
+/// Runs the calls of [`call_python_service`] against an emulated Python service named
+/// `<prefix>_<random>`, so that concurrent runs of this file never share it.
+async fn rust_client_against_python_server(prefix: &str, strays: bool) {
     support::require_rabbitmq();
-    let (queues, exchanges) = legacy_topology(service);
-    remove(&queues, &exchanges).await;
+    let service = format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let (queues, exchanges) = legacy_topology(&service);
     let server = Arc::new(Mutex::new(Some(
-        PythonServer::start(service, legacy_methods(), strays).await,
+        PythonServer::start(&service, legacy_methods(), strays).await,
     )));
     let body = {
         let server = server.clone();
         let queues = queues.clone();
+        let service = service.clone();
         async move {
-            let client = call_python_service(service).await;
+            let client = call_python_service(&service).await;
             let seen = server.lock().unwrap().as_ref().unwrap().seen();
-            check_requests_as_python_sees_them(service, &seen);
+            check_requests_as_python_sees_them(&service, &seen);
             let connection = connect().await;
             for queue in &queues {
                 assert_eq!(ready(&connection, queue).await, 0, "{queue} was consumed");
@@ -1331,17 +1332,13 @@ async fn rust_client_against_python_server(service: &'static str, strays: bool) 
         }
     };
     let cleanup = async move {
-        let t = std::time::Instant::now();
         let server = server.lock().unwrap().take();
         if let Some(server) = server {
             server.stop().await;
         }
-        eprintln!("DBG {service} stopped at {:?}", t.elapsed());
-        let r = remove(&queues, &exchanges).await;
-        eprintln!("DBG {service} removed at {:?}", t.elapsed());
-        r
+        remove(&queues, &exchanges).await
     };
-    bounded(service, body, cleanup).await;
+    bounded(&service, body, cleanup).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1373,31 +1370,4 @@ fn python_json_spelling() {
         python_caller_sees(&[item(json!(0)), item(json!(2)), end()]),
         (vec![json!(2)], None)
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn zz_stress_tmp() {
-    let running = farine::Runtime::new(config(""))
-        .only([CALC])
-        .start()
-        .await
-        .unwrap();
-    let leaks: Leaks = Arc::default();
-    for i in 0..400 {
-        let mut client = PythonClient::new(CALC, &leaks).await;
-        let t = std::time::Instant::now();
-        let cid = client.send("add", json!([i]), json!({"b": 2})).await;
-        let r = client.next_reply().await;
-        assert_eq!(r.correlation_id.as_deref(), Some(cid.as_str()));
-        let r = client.next_reply().await;
-        assert_eq!(r.frame, end());
-        if t.elapsed() > Duration::from_millis(500) {
-            eprintln!("slow {i}: {:?}", t.elapsed());
-        }
-        client.delete().await;
-    }
-    running.shutdown().await.unwrap();
-    let (q, e) = calc_topology();
-    remove(&q, &e).await;
 }

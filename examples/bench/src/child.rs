@@ -2,19 +2,26 @@
 //!
 //! Line protocol on the child's stdin/stdout: the child prints `ready` once it consumes;
 //! `expect N` arms its message counter and is answered `armed`; it prints `done` when N
-//! messages were handled; end of stdin stops it gracefully.
+//! messages were handled; end of stdin stops it gracefully. Every other line the child
+//! prints (farine logs to stdout) is passed on to stderr as it comes, so that a chatty
+//! service never blocks on a full pipe.
 
 use crate::Res;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{ChildStdin, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{ChildStdin, Command};
+use tokio::sync::mpsc;
+
+/// The lines of the protocol; anything else is a log line.
+const PROTOCOL: &[&str] = &["ready", "armed", "done"];
 
 pub struct Child {
     kind: &'static str,
     process: tokio::process::Child,
     stdin: Option<ChildStdin>,
-    stdout: Lines<BufReader<ChildStdout>>,
+    /// Protocol lines, read from the child's stdout by a task of their own.
+    lines: mpsc::UnboundedReceiver<String>,
     pid: u32,
 }
 
@@ -36,12 +43,22 @@ impl Child {
         let mut process = command.spawn()?;
         let pid = process.id().ok_or("the service process exited at once")?;
         let stdin = process.stdin.take();
-        let stdout = BufReader::new(process.stdout.take().ok_or("no stdout")?).lines();
+        let mut stdout = BufReader::new(process.stdout.take().ok_or("no stdout")?).lines();
+        let (sender, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                if PROTOCOL.contains(&line.trim()) {
+                    let _ = sender.send(line.trim().to_string());
+                } else {
+                    eprintln!("[{kind}] {line}");
+                }
+            }
+        });
         let mut child = Child {
             kind,
             process,
             stdin,
-            stdout,
+            lines,
             pid,
         };
         child.expect("ready", Duration::from_secs(60)).await?;
@@ -55,14 +72,14 @@ impl Child {
         self.pid
     }
 
-    /// Waits for the line `want` from the child.
+    /// Waits for the protocol line `want` from the child.
     pub async fn expect(&mut self, want: &str, within: Duration) -> Res<()> {
         let kind = self.kind;
-        let line = tokio::time::timeout(within, self.stdout.next_line())
+        let line = tokio::time::timeout(within, self.lines.recv())
             .await
-            .map_err(|_| format!("service process {kind}: no {want:?} within {within:?}"))??;
+            .map_err(|_| format!("service process {kind}: no {want:?} within {within:?}"))?;
         match line {
-            Some(line) if line.trim() == want => Ok(()),
+            Some(line) if line == want => Ok(()),
             Some(line) => {
                 Err(format!("service process {kind}: expected {want:?}, got {line:?}").into())
             }

@@ -55,6 +55,8 @@ struct Inner {
     broker: Arc<Broker>,
     config: Arc<Config>,
     reply_queue: String,
+    /// The channel that owns the reply queue: bindings made on it are replayed on recovery.
+    reply_channel: lapin::Channel,
     pending: Pending,
     /// Services whose exchange the reply queue is bound to.
     bound: tokio::sync::Mutex<HashSet<String>>,
@@ -89,9 +91,11 @@ impl Client {
     /// A client on an existing broker connection (a service's own).
     pub(crate) async fn with_broker(broker: Arc<Broker>, config: Arc<Config>) -> Result<Client> {
         let channel = broker.consume_channel(0).await?;
+        // Named by us, not by the server, so that lapin's recovery declares the same queue.
+        let name = format!("farine.reply.{}", uuid::Uuid::new_v4().simple());
         let queue = channel
             .queue_declare(
-                "".into(),
+                name.as_str().into(),
                 lapin::options::QueueDeclareOptions {
                     exclusive: true,
                     auto_delete: true,
@@ -117,12 +121,13 @@ impl Client {
                 "consuming reply queue {reply_queue:?}"
             )))?;
         let pending: Pending = Arc::default();
-        let dispatcher = tokio::spawn(dispatch(consumer, channel, pending.clone()));
+        let dispatcher = tokio::spawn(dispatch(consumer, channel.clone(), pending.clone()));
         Ok(Client {
             inner: Arc::new(Inner {
                 broker,
                 config,
                 reply_queue,
+                reply_channel: channel,
                 pending,
                 bound: Default::default(),
                 settings: Default::default(),
@@ -257,7 +262,9 @@ impl Client {
                 service: service.to_string(),
             });
         }
-        channel
+        let _ = channel.close(200, "OK".into()).await;
+        self.inner
+            .reply_channel
             .queue_bind(
                 self.inner.reply_queue.as_str().into(),
                 service.into(),
@@ -269,16 +276,27 @@ impl Client {
             .map_err(Error::amqp(format!(
                 "binding the reply queue to exchange {service:?}"
             )))?;
-        let _ = channel.close(200, "OK".into()).await;
         bound.insert(service.to_string());
         Ok(())
     }
 }
 
 /// Routes every reply frame to the call waiting for its correlation id.
-async fn dispatch(mut consumer: lapin::Consumer, _channel: lapin::Channel, pending: Pending) {
+async fn dispatch(mut consumer: lapin::Consumer, channel: lapin::Channel, pending: Pending) {
     while let Some(delivery) = consumer.next().await {
-        let Ok(delivery) = delivery else { break };
+        let delivery = match delivery {
+            Ok(delivery) => delivery,
+            Err(err) => {
+                // Every waiting call learns it now (Error::Disconnected), not at its timeout;
+                // then wait for lapin to re-attach the reply queue.
+                pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                tracing::warn!("RPC client: connection lost: {err}");
+                match channel.wait_for_recovery(err).await {
+                    Ok(()) => continue,
+                    Err(_) => break,
+                }
+            }
+        };
         let Some(id) = delivery.properties.correlation_id().as_ref() else {
             tracing::debug!("reply without correlation_id ignored");
             continue;

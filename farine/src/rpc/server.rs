@@ -165,7 +165,15 @@ impl Attached {
                     Some(Ok(delivery)) => {
                         tasks.spawn(serve(self.shared.clone(), delivery, shutdown.clone(), grace));
                     }
-                    Some(Err(err)) => break Some(format!("the consumer failed: {err}")),
+                    Some(Err(err)) => {
+                        // Connection lost: lapin reconnects and re-attaches this consumer;
+                        // unacked deliveries come back (acks of old ones are dropped).
+                        tracing::warn!(entry_point = %self.label, "connection lost, waiting for the broker: {err}");
+                        match self.channel.wait_for_recovery(err).await {
+                            Ok(()) => tracing::info!(entry_point = %self.label, "re-attached after reconnecting"),
+                            Err(err) => break Some(format!("the consumer failed and cannot recover: {err}")),
+                        }
+                    }
                     None => break Some("the broker ended the consumer".to_string()),
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}

@@ -1,0 +1,4 @@
+create table ledger_entries (
+    id bigint primary key,
+    amount bigint not null
+);
