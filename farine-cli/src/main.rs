@@ -2,6 +2,7 @@
 //! (`farine call`) and scaffolds new ones (`farine new`).
 
 mod call;
+mod dlq;
 mod scaffold;
 mod start;
 
@@ -51,6 +52,11 @@ enum Command {
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
     },
+    /// Inspect or replay the dead-letter queue QUEUE.dlq of a consumer queue.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Apply the sqlx migrations in each crate's `migrations/` folder to its services' databases.
     Migrate {
         /// Cargo package holding the service binary (as for `farine --start`).
@@ -69,6 +75,30 @@ enum Command {
         /// Directory to create NAME in (default: the current directory).
         #[arg(long, value_name = "DIR")]
         path: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqAction {
+    /// One line per parked message: when, attempts, where from, why, the body's start.
+    List {
+        /// The consumer queue (or its `.dlq`).
+        queue: String,
+        /// At most this many messages.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Every parked message in full, one JSON object per line.
+    Show {
+        queue: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Republish parked messages to their original exchange and routing key.
+    Replay {
+        queue: String,
+        #[arg(long, default_value_t = usize::MAX)]
+        limit: usize,
     },
 }
 
@@ -101,6 +131,11 @@ fn main() -> ExitCode {
             args,
             timeout,
         }) => call::run(&target, args.as_deref(), timeout.as_deref()),
+        Some(Command::Dlq { action }) => match action {
+            DlqAction::List { queue, limit } => dlq::run(dlq::Action::List, &queue, limit),
+            DlqAction::Show { queue, limit } => dlq::run(dlq::Action::Show, &queue, limit),
+            DlqAction::Replay { queue, limit } => dlq::run(dlq::Action::Replay, &queue, limit),
+        },
         Some(Command::Migrate { start, release }) => start::migrate(&start, release),
         Some(Command::New { name, path }) => {
             scaffold::run(&name, path.as_deref()).map(|()| ExitCode::SUCCESS)

@@ -19,12 +19,26 @@ impl CliCalc {
         futures::stream::iter(0..n)
     }
 
+    /// Fails until `HEAL` is set, so its messages are parked, then replayed.
+    #[amqp::consume(exchange = "t_cli_calc", routing_key = "jobs", queue = "t_cli_calc.jobs")]
+    async fn job(&self, body: serde_json::Value) -> Result<(), String> {
+        if HEAL.load(std::sync::atomic::Ordering::SeqCst) {
+            DONE.lock().unwrap().push(body);
+            Ok(())
+        } else {
+            Err(format!("job {} refused", body["n"]))
+        }
+    }
+
     #[rpc::method]
     async fn slow(&self) -> u8 {
         tokio::time::sleep(Duration::from_secs(5)).await;
         1
     }
 }
+
+static HEAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static DONE: std::sync::Mutex<Vec<serde_json::Value>> = std::sync::Mutex::new(Vec::new());
 
 fn require_rabbitmq() {
     let address = std::net::SocketAddr::from(([127, 0, 0, 1], 5672));
@@ -33,7 +47,7 @@ fn require_rabbitmq() {
     }
 }
 
-const INI: &str = "[DEFAULT]\namqp_uri = amqp://guest:guest@127.0.0.1:5672/%2f\n";
+const INI: &str = "[DEFAULT]\namqp_uri = amqp://guest:guest@127.0.0.1:5672/%2f\n[t_cli_calc]\nretry_attempts = 0\n";
 
 fn farine_call(ini: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_farine"))
@@ -101,6 +115,74 @@ async fn farine_call_prints_results_streams_and_errors() {
     assert_eq!(not_json.status.code(), Some(2));
     assert!(err(&not_json).contains("JSON-ARGS"), "{}", err(&not_json));
 
+    // Dead letters: two failing jobs are parked, listed with their reason, then replayed.
+    let publish = |ini: std::path::PathBuf| async move {
+        let _ = ini;
+        let connection = lapin::Connection::connect(
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        for n in [1, 2] {
+            channel
+                .basic_publish(
+                    "t_cli_calc".into(),
+                    "jobs".into(),
+                    lapin::options::BasicPublishOptions::default(),
+                    format!(r#"{{"n": {n}}}"#).as_bytes(),
+                    lapin::BasicProperties::default(),
+                )
+                .await
+                .unwrap();
+        }
+        let _ = connection.close(200, "OK".into()).await;
+    };
+    publish(ini.clone()).await;
+    let ini3 = ini.clone();
+    let dlq = |args: &'static [&'static str]| {
+        let ini = ini3.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Command::new(env!("CARGO_BIN_EXE_farine"))
+                    .arg("dlq")
+                    .args(args)
+                    .env("FARINE_INI", &ini)
+                    .output()
+                    .expect("farine runs")
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let mut listed = String::new();
+    for _ in 0..100 {
+        let list = dlq(&["list", "t_cli_calc.jobs"]).await;
+        listed = text(&list);
+        if listed.lines().count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(listed.contains("#1") && listed.contains("job 1 refused"), "{listed}");
+    assert!(listed.contains("t_cli_calc/jobs") && listed.contains("attempts=1"), "{listed}");
+    let show = dlq(&["show", "t_cli_calc.jobs.dlq"]).await;
+    let first: serde_json::Value = serde_json::from_str(text(&show).lines().next().unwrap()).unwrap();
+    assert_eq!(first["body"], serde_json::json!({"n": 1}));
+    assert_eq!(first["error"], serde_json::json!("job 1 refused"));
+    HEAL.store(true, std::sync::atomic::Ordering::SeqCst);
+    let replay = dlq(&["replay", "t_cli_calc.jobs"]).await;
+    assert!(text(&replay).contains("replayed 2 message(s)"), "{} {}", text(&replay), err(&replay));
+    for _ in 0..100 {
+        if DONE.lock().unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(DONE.lock().unwrap().len(), 2, "replayed jobs were handled");
+    assert!(text(&dlq(&["list", "t_cli_calc.jobs"]).await).contains("is empty"));
+
     running.shutdown().await.unwrap();
     cleanup().await;
 }
@@ -115,6 +197,9 @@ async fn cleanup() {
     .await
     .unwrap();
     let channel = connection.create_channel().await.unwrap();
+    for queue in ["t_cli_calc.jobs", "t_cli_calc.jobs.dlq"] {
+        let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+    }
     for method in ["add", "count", "slow"] {
         for queue in [
             format!("t_cli_calc__{method}"),

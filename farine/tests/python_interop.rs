@@ -725,7 +725,7 @@ async fn python_client_calls_rust_server() {
             assert_eq!(frames[..2], [item(json!(0)), item(json!(1))]);
             assert_eq!(except_text(&frames[2]), "the stream broke after 2 items");
 
-            // The Rust server acked every request (after replying).
+            // No request is left waiting in the Rust service's queues.
             let connection = connect().await;
             for method in CALC_METHODS {
                 assert_eq!(ready(&connection, &format!("{CALC}__{method}")).await, 0);

@@ -1,0 +1,88 @@
+//! `farine dlq list|show|replay QUEUE`: what farine parked in `QUEUE.dlq` and why, and
+//! putting it back on its original exchange and routing key.
+
+use crate::Failure;
+use farine::broker::Broker;
+use farine::dlq::{self, DeadLetter};
+use farine::Config;
+use std::process::ExitCode;
+
+#[derive(Debug, Clone, Copy)]
+pub enum Action {
+    List,
+    Show,
+    Replay,
+}
+
+pub fn run(action: Action, queue: &str, limit: usize) -> Result<ExitCode, Failure> {
+    let config = Config::from_env().map_err(|err| Failure::new(err.to_string()))?;
+    let settings = config
+        .service("farine-cli")
+        .map_err(|err| Failure::new(err.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Failure::new(format!("cannot start the async runtime: {err}")))?;
+    runtime.block_on(async {
+        let broker = Broker::connect(&settings.amqp_uri, settings.heartbeat)
+            .await
+            .map_err(|err| Failure::new(err.to_string()))?;
+        let outcome = match action {
+            Action::List | Action::Show => {
+                let letters = dlq::peek(&broker, queue, limit)
+                    .await
+                    .map_err(|err| Failure::new(err.to_string()))?;
+                if letters.is_empty() {
+                    println!("{} is empty", dlq::queue_name(queue));
+                }
+                for (index, letter) in letters.iter().enumerate() {
+                    match action {
+                        Action::List => println!("{}", line(index + 1, letter)),
+                        _ => println!("{}", detail(letter)),
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Action::Replay => {
+                let replayed = dlq::replay(&broker, queue, limit)
+                    .await
+                    .map_err(|err| Failure::new(err.to_string()))?;
+                println!("replayed {replayed} message(s) from {}", dlq::queue_name(queue));
+                Ok(ExitCode::SUCCESS)
+            }
+        };
+        broker.close().await;
+        outcome
+    })
+}
+
+/// `#1  2026-11-22T03:10:00Z  attempts=3  calc/operations  the ledger is closed  {"a":1}`
+fn line(index: usize, letter: &DeadLetter) -> String {
+    let mut body = String::from_utf8_lossy(&letter.body).replace('\n', " ");
+    if body.chars().count() > 60 {
+        body = body.chars().take(57).collect::<String>() + "...";
+    }
+    format!(
+        "#{index}  {}  attempts={}  {}/{}  {}  {body}",
+        letter.failed_at.as_deref().unwrap_or("-"),
+        letter.attempts,
+        letter.original_exchange.as_deref().unwrap_or("?"),
+        letter.original_routing_key.as_deref().unwrap_or("?"),
+        letter.error.as_deref().unwrap_or("(no reason recorded)"),
+    )
+}
+
+/// One JSON object per message: why, where from, and the body (as JSON when it is JSON).
+fn detail(letter: &DeadLetter) -> String {
+    let body = serde_json::from_slice::<serde_json::Value>(&letter.body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&letter.body).into_owned()));
+    serde_json::json!({
+        "error": letter.error,
+        "attempts": letter.attempts,
+        "original_exchange": letter.original_exchange,
+        "original_routing_key": letter.original_routing_key,
+        "failed_at": letter.failed_at,
+        "body": body,
+    })
+    .to_string()
+}
