@@ -47,7 +47,10 @@ pub fn run(action: Action, queue: &str, limit: usize) -> Result<ExitCode, Failur
                 let replayed = dlq::replay(&broker, queue, limit)
                     .await
                     .map_err(|err| Failure::new(err.to_string()))?;
-                println!("replayed {replayed} message(s) from {}", dlq::queue_name(queue));
+                println!(
+                    "replayed {replayed} message(s) from {}",
+                    dlq::queue_name(queue)
+                );
                 Ok(ExitCode::SUCCESS)
             }
         };
@@ -74,8 +77,9 @@ fn line(index: usize, letter: &DeadLetter) -> String {
 
 /// One JSON object per message: why, where from, and the body (as JSON when it is JSON).
 fn detail(letter: &DeadLetter) -> String {
-    let body = serde_json::from_slice::<serde_json::Value>(&letter.body)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&letter.body).into_owned()));
+    let body = serde_json::from_slice::<serde_json::Value>(&letter.body).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&letter.body).into_owned())
+    });
     serde_json::json!({
         "error": letter.error,
         "attempts": letter.attempts,

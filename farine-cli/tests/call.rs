@@ -20,7 +20,11 @@ impl CliCalc {
     }
 
     /// Fails until `HEAL` is set, so its messages are parked, then replayed.
-    #[amqp::consume(exchange = "t_cli_calc", routing_key = "jobs", queue = "t_cli_calc.jobs")]
+    #[amqp::consume(
+        exchange = "t_cli_calc",
+        routing_key = "jobs",
+        queue = "t_cli_calc.jobs"
+    )]
     async fn job(&self, body: serde_json::Value) -> Result<(), String> {
         if HEAL.load(std::sync::atomic::Ordering::SeqCst) {
             DONE.lock().unwrap().push(body);
@@ -165,15 +169,27 @@ async fn farine_call_prints_results_streams_and_errors() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(listed.contains("#1") && listed.contains("job 1 refused"), "{listed}");
-    assert!(listed.contains("t_cli_calc/jobs") && listed.contains("attempts=1"), "{listed}");
+    assert!(
+        listed.contains("#1") && listed.contains("job 1 refused"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("t_cli_calc/jobs") && listed.contains("attempts=1"),
+        "{listed}"
+    );
     let show = dlq(&["show", "t_cli_calc.jobs.dlq"]).await;
-    let first: serde_json::Value = serde_json::from_str(text(&show).lines().next().unwrap()).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(text(&show).lines().next().unwrap()).unwrap();
     assert_eq!(first["body"], serde_json::json!({"n": 1}));
     assert_eq!(first["error"], serde_json::json!("job 1 refused"));
     HEAL.store(true, std::sync::atomic::Ordering::SeqCst);
     let replay = dlq(&["replay", "t_cli_calc.jobs"]).await;
-    assert!(text(&replay).contains("replayed 2 message(s)"), "{} {}", text(&replay), err(&replay));
+    assert!(
+        text(&replay).contains("replayed 2 message(s)"),
+        "{} {}",
+        text(&replay),
+        err(&replay)
+    );
     for _ in 0..100 {
         if DONE.lock().unwrap().len() == 2 {
             break;
@@ -198,7 +214,9 @@ async fn cleanup() {
     .unwrap();
     let channel = connection.create_channel().await.unwrap();
     for queue in ["t_cli_calc.jobs", "t_cli_calc.jobs.dlq"] {
-        let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+        let _ = channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
     }
     for method in ["add", "count", "slow"] {
         for queue in [

@@ -2,7 +2,9 @@
 //! it back where it came from. Used by `farine dlq list|show|replay QUEUE`.
 
 use crate::broker::Broker;
-use crate::retry::{self, ATTEMPTS, ERROR, FAILED_AT, ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, QUEUE};
+use crate::retry::{
+    self, ATTEMPTS, ERROR, FAILED_AT, ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, QUEUE,
+};
 use crate::{Error, Result};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -63,7 +65,10 @@ pub async fn peek(broker: &Broker, queue: &str, limit: usize) -> Result<Vec<Dead
             .await
             .map_err(Error::amqp(format!("reading dead-letter queue {dlq:?}")))?;
         let Some(message) = got else { break };
-        letters.push(dead_letter(message.delivery.data.clone(), &message.delivery.properties));
+        letters.push(dead_letter(
+            message.delivery.data.clone(),
+            &message.delivery.properties,
+        ));
     }
     let _ = channel.close(200, "OK".into()).await;
     Ok(letters)
@@ -84,7 +89,9 @@ pub async fn replay(broker: &Broker, queue: &str, limit: usize) -> Result<usize>
         let Some(message) = got else { break };
         let delivery = &message.delivery;
         let letter = dead_letter(Vec::new(), &delivery.properties);
-        let (Some(exchange), Some(routing_key)) = (letter.original_exchange, letter.original_routing_key) else {
+        let (Some(exchange), Some(routing_key)) =
+            (letter.original_exchange, letter.original_routing_key)
+        else {
             let _ = channel.close(200, "OK".into()).await;
             return Err(Error::Runtime(format!(
                 "a message in {dlq:?} has no {ORIGINAL_EXCHANGE}/{ORIGINAL_ROUTING_KEY} headers: it was not parked by farine, replay it by hand"
@@ -94,8 +101,15 @@ pub async fn replay(broker: &Broker, queue: &str, limit: usize) -> Result<usize>
         let kept: FieldTable = {
             let mut kept = FieldTable::default();
             for (key, value) in headers.inner() {
-                if ![ATTEMPTS, ERROR, FAILED_AT, QUEUE, ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY]
-                    .contains(&key.as_str())
+                if ![
+                    ATTEMPTS,
+                    ERROR,
+                    FAILED_AT,
+                    QUEUE,
+                    ORIGINAL_EXCHANGE,
+                    ORIGINAL_ROUTING_KEY,
+                ]
+                .contains(&key.as_str())
                 {
                     kept.insert(key.clone(), value.clone());
                 }
@@ -110,7 +124,9 @@ pub async fn replay(broker: &Broker, queue: &str, limit: usize) -> Result<usize>
         delivery
             .ack(BasicAckOptions::default())
             .await
-            .map_err(Error::amqp(format!("removing a replayed message from {dlq:?}")))?;
+            .map_err(Error::amqp(format!(
+                "removing a replayed message from {dlq:?}"
+            )))?;
         replayed += 1;
     }
     let _ = channel.close(200, "OK".into()).await;

@@ -479,3 +479,72 @@ async fn an_unknown_service_name_is_reported_with_the_known_ones() {
         "{text}"
     );
 }
+
+// ---------------------------------------------------------------- shutdown under load
+
+static LOAD_SEEN: Mutex<Vec<i64>> = Mutex::new(Vec::new());
+
+#[derive(Default)]
+struct Loaded;
+
+#[farine::service(name = "t_load")]
+impl Loaded {
+    #[amqp::consume(
+        exchange = "t_load.ex",
+        routing_key = "work",
+        queue = "t_load.work",
+        concurrency = 50
+    )]
+    async fn work(&self, body: Value) -> farine::Result<()> {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        LOAD_SEEN.lock().unwrap().push(body["i"].as_i64().unwrap());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_under_load_loses_nothing_and_repeats_nothing() {
+    let raw = Raw::connect().await;
+    let queue = "t_load.work";
+    clean(&raw, &[queue], &["t_load.ex"]).await;
+    let total = 600;
+    let first = farine::Runtime::new(config("[t_load]\nshutdown_grace = 10s\n"))
+        .only(["t_load"])
+        .start()
+        .await
+        .unwrap();
+    for i in 0..total {
+        raw.publish(
+            "t_load.ex",
+            "work",
+            json!({ "i": i }).to_string().as_bytes(),
+        )
+        .await;
+    }
+    assert!(eventually(WAIT, || LOAD_SEEN.lock().unwrap().len() >= 100).await);
+    // Stop with up to 50 handlers running and more prefetched: the running ones finish and
+    // are acked, the rest go back to the queue unprocessed.
+    first.shutdown().await.unwrap();
+    let handled_first = LOAD_SEEN.lock().unwrap().len();
+    assert!(handled_first < total, "stopped before the end of the batch");
+    let second = farine::Runtime::new(config(""))
+        .only(["t_load"])
+        .start()
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || LOAD_SEEN.lock().unwrap().len()
+            >= total as usize)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    second.shutdown().await.unwrap();
+    let mut seen = LOAD_SEEN.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        (0..total as i64).collect::<Vec<_>>(),
+        "each message handled exactly once"
+    );
+    clean(&raw, &[queue], &["t_load.ex"]).await;
+}
