@@ -221,6 +221,18 @@ fn check_params(method: &Method, errors: &mut Errors) {
     let message: Vec<_> = method.message_params().collect();
     match entry.kind {
         EntryKind::Consume | EntryKind::Stream => {
+            if entry.kind == EntryKind::Stream {
+                for param in &message {
+                    let is_event = matches!(&*param.ty, Type::Path(path)
+                        if path.path.segments.last().is_some_and(|s| s.ident == "Event"));
+                    if !is_event {
+                        errors.at(
+                            &param.ty,
+                            format!("#[stream::http] `{name}` receives an `Event`: write `Event` (raw data) or `Event<T>` (data decoded from JSON into T)"),
+                        );
+                    }
+                }
+            }
             let what = if entry.kind == EntryKind::Consume {
                 "message body, e.g. `order: Order` (any serde::Deserialize type) or `body: serde_json::Value`"
             } else {

@@ -3,9 +3,9 @@
 //! task, direct reply-to, publisher confirms pipelined (never one round trip per message).
 //!
 //! It sends what farine sends (PROTOCOL.md): requests `{"args": [..], "kwargs": {}}` with
-//! `correlation_id`, `reply_to`, the configured delivery mode and an expiration; replies are
-//! an item frame and an end frame through the default exchange, mandatory and confirmed; a
-//! request is acked after its replies were confirmed. Durability, delivery mode, prefetch and
+//! `correlation_id`, `reply_to`, the configured delivery mode and an expiration, mandatory;
+//! replies are an item frame and an end frame through the default exchange, confirmed (not
+//! mandatory: see `publish_reply`); a request is acked after its replies were confirmed. Durability, delivery mode, prefetch and
 //! timeout come from the same configuration section as the farine side.
 
 use crate::{counter, Res};
@@ -243,6 +243,10 @@ async fn answer(replies: &Channel, queue: &str, delivery: &lapin::message::Deliv
     Ok(())
 }
 
+/// Not mandatory: RabbitMQ (3.10 at least) delivers a reply to a direct reply-to name and
+/// yet returns it as `NO_ROUTE` when it is published mandatory, which costs a
+/// `basic.return` per reply frame for nothing. A careful user of direct reply-to leaves the
+/// flag off (a reply to a caller that is gone is dropped either way).
 async fn publish_reply(
     replies: &Channel,
     reply_to: ShortString,
@@ -250,16 +254,22 @@ async fn publish_reply(
     body: Vec<u8>,
 ) -> lapin::Result<PublisherConfirm> {
     replies
-        .basic_publish("".into(), reply_to, mandatory(), &body, properties)
+        .basic_publish(
+            "".into(),
+            reply_to,
+            BasicPublishOptions::default(),
+            &body,
+            properties,
+        )
         .await
 }
 
-/// A reply the broker returned means the caller is gone: the request is still done.
+/// Waits for a reply's confirm: only a nack fails the request.
 async fn settle_reply(confirm: Option<PublisherConfirm>) -> Res<()> {
     match confirm {
         Some(confirm) => match confirm.await? {
             Confirmation::Nack(_) => Err("reply nacked by the broker".into()),
-            _ => Ok(()),
+            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
         },
         None => Ok(()),
     }

@@ -39,7 +39,11 @@ impl Args {
         };
         let kwargs = match request.remove("kwargs") {
             None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(map)) => map,
+            Some(Value::Object(mut map)) => {
+                // Python farine's stream switch; 0.19 strips it, older clients may not.
+                map.remove("__stream__");
+                map
+            }
             Some(other) => {
                 return Err(bad(format!(
                     "{call}: \"kwargs\" must be an object, got {other}"

@@ -7,8 +7,8 @@ pub struct Prices;
 #[farine::service]
 impl Prices {
     #[stream::http]
-    pub async fn on_event(&self, event: serde_json::Value) -> farine::Result<()> {
-        let _ = event;
+    pub async fn on_event(&self, event: Event<serde_json::Value>) -> farine::Result<()> {
+        let _ = (event.id, event.event, event.data);
         Ok(())
     }
 }
