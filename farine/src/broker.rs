@@ -137,6 +137,36 @@ impl Broker {
         Ok(channel)
     }
 
+    /// A private queue of this process (exclusive, deleted with the connection), optionally
+    /// bound, and consumed without acks: for replies and notices that mean nothing once the
+    /// process is gone. Named by the caller, so lapin's recovery declares the same queue again.
+    pub async fn private_queue(
+        &self,
+        queue: &str,
+        bind: Option<(&str, &str)>,
+    ) -> Result<(Channel, lapin::Consumer)> {
+        let channel = self.consume_channel(0).await?;
+        let options = QueueOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        Broker::declare_queue(&channel, queue, &options, bind).await?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                lapin::options::BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(Error::amqp(format!("consuming queue {queue:?}")))?;
+        Ok((channel, consumer))
+    }
+
     /// A short-lived channel for declarations whose failure (for example an exchange that
     /// exists with another type) must not close a channel that carries traffic. On the
     /// consuming connection, which owns the exclusive queues it may bind.

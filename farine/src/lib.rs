@@ -42,6 +42,7 @@ pub mod broker;
 pub mod config;
 pub mod context;
 pub mod db;
+mod deliveries;
 pub mod dlq;
 mod error;
 pub mod execute;

@@ -388,7 +388,7 @@ impl RpcClient {
         reply
     }
 
-    /// `count(n)`, read to its end frame: the number of items.
+    /// `count(n)`, read to its end frame (within the RPC timeout): the number of items.
     pub async fn count(&self, n: u32) -> Res<u64> {
         let (mut call, confirm) = self.request(COUNT_QUEUE, (n,)).await?;
         let items = async {
@@ -401,7 +401,11 @@ impl RpcClient {
                 items += 1;
             }
         };
-        let (confirmed, items) = tokio::join!(confirm, items);
+        let (confirmed, items) = tokio::time::timeout(self.settings.timeout, async {
+            tokio::join!(confirm, items)
+        })
+        .await
+        .map_err(|_| "count: timed out")?;
         check(confirmed?)?;
         items
     }

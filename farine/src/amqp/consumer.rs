@@ -5,25 +5,20 @@
 use crate::broker::{Broker, QueueOptions};
 use crate::config::{ExchangeKind, ServiceConfig};
 use crate::context::ServiceContext;
+use crate::deliveries::Subscription;
 use crate::registry::{ConsumeEntry, Outcome};
 use crate::retry::{self, RetryPolicy};
 use crate::{Error, Result};
-use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// A consume entry point that is declared and attached to its queue.
 pub(crate) struct Attached {
-    label: String,
-    queue: String,
-    tag: String,
-    channel: lapin::Channel,
-    consumer: lapin::Consumer,
+    subscription: Subscription,
     shared: Arc<Shared>,
 }
 
@@ -78,16 +73,6 @@ pub(crate) async fn attach(
     }
     let policy = RetryPolicy::from_settings(settings);
     retry::declare(&channel, &queue, &policy).await?;
-    let tag = format!("farine.{label}.{}", uuid::Uuid::new_v4().simple());
-    let consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(Error::amqp(format!("{label}: consuming queue {queue:?}")))?;
     tracing::info!(entry_point = %label, queue = %queue, exchange = spec.exchange, routing_key = spec.routing_key, prefetch, "consumer attached");
     let max_message_bytes = settings.max_message_bytes;
     let shared = Arc::new(Shared {
@@ -99,68 +84,20 @@ pub(crate) async fn attach(
         max_message_bytes,
     });
     Ok(Attached {
-        label,
-        queue,
-        tag,
-        channel,
-        consumer,
+        subscription: Subscription::start(label, queue, channel).await?,
         shared,
     })
 }
 
 impl Attached {
-    /// Handles deliveries until `shutdown`, then stops taking new ones and lets the
-    /// in-flight ones finish within `grace`. Returns an error if the broker ended the
-    /// consumer (connection lost, queue deleted).
-    pub(crate) async fn run(mut self, shutdown: CancellationToken, grace: Duration) -> Result<()> {
-        let mut tasks = JoinSet::new();
-        let ended = loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break None,
-                next = self.consumer.next() => match next {
-                    Some(Ok(delivery)) => {
-                        tasks.spawn(handle(self.shared.clone(), delivery));
-                    }
-                    Some(Err(err)) => {
-                        // Connection lost: lapin reconnects and re-attaches this consumer;
-                        // unacked deliveries come back (acks of old ones are dropped).
-                        tracing::warn!(entry_point = %self.label, "connection lost, waiting for the broker: {err}");
-                        match self.channel.wait_for_recovery(err).await {
-                            Ok(()) => tracing::info!(entry_point = %self.label, "re-attached after reconnecting"),
-                            Err(err) => break Some(format!("the consumer failed and cannot recover: {err}")),
-                        }
-                    }
-                    None => break Some("the broker ended the consumer".to_string()),
-                },
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            }
-        };
-        if ended.is_none() {
-            let _ = self
-                .channel
-                .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
-                .await;
-        }
-        let in_flight = tasks.len();
-        if in_flight > 0 {
-            tracing::info!(entry_point = %self.label, in_flight, "waiting for in-flight messages");
-        }
-        let drained =
-            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-        if drained.is_err() {
-            tracing::warn!(entry_point = %self.label, left = tasks.len(), "grace period over: unfinished messages go back to the queue");
-            tasks.abort_all();
-        }
-        if ended.is_none() {
-            let _ = self.channel.close(200, "OK".into()).await;
-        }
-        match ended {
-            Some(reason) => Err(Error::Runtime(format!(
-                "{} (queue {:?}): {reason}",
-                self.label, self.queue
-            ))),
-            None => Ok(()),
-        }
+    /// Handles deliveries until `shutdown`, then lets the in-flight ones finish within `grace`.
+    pub(crate) async fn run(self, shutdown: CancellationToken, grace: Duration) -> Result<()> {
+        let shared = self.shared;
+        self.subscription
+            .run(shutdown, grace, move |delivery| {
+                handle(shared.clone(), delivery)
+            })
+            .await
     }
 }
 

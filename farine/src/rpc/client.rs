@@ -11,7 +11,7 @@ use crate::broker::Broker;
 use crate::config::{Config, ServiceConfig};
 use crate::{Error, Result};
 use futures::{Stream, StreamExt};
-use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use serde::de::DeserializeOwned;
@@ -90,36 +90,8 @@ impl Client {
 
     /// A client on an existing broker connection (a service's own).
     pub(crate) async fn with_broker(broker: Arc<Broker>, config: Arc<Config>) -> Result<Client> {
-        let channel = broker.consume_channel(0).await?;
-        // Named by us, not by the server, so that lapin's recovery declares the same queue.
-        let name = format!("farine.reply.{}", uuid::Uuid::new_v4().simple());
-        let queue = channel
-            .queue_declare(
-                name.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(Error::amqp("declaring the client's reply queue"))?;
-        let reply_queue = queue.name().as_str().to_string();
-        let consumer = channel
-            .basic_consume(
-                reply_queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(Error::amqp(format!(
-                "consuming reply queue {reply_queue:?}"
-            )))?;
+        let reply_queue = format!("farine.reply.{}", uuid::Uuid::new_v4().simple());
+        let (channel, consumer) = broker.private_queue(&reply_queue, None).await?;
         let pending: Pending = Arc::default();
         let dispatcher = tokio::spawn(dispatch(consumer, channel.clone(), pending.clone()));
         Ok(Client {

@@ -8,6 +8,7 @@ use super::frame::{self, kind, ErrorInfo, Frame};
 use crate::broker::{Broker, QueueOptions};
 use crate::config::ServiceConfig;
 use crate::context::ServiceContext;
+use crate::deliveries::Subscription;
 use crate::registry::panic_text;
 use crate::retry;
 use crate::{Error, Result};
@@ -15,14 +16,13 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// What a bound call is: a future of one reply, a stream of frames, or an argument error.
@@ -71,10 +71,7 @@ pub struct RpcEntry {
 const CONFIRM_WINDOW: usize = 256;
 
 pub(crate) struct Attached {
-    label: String,
-    tag: String,
-    channel: lapin::Channel,
-    consumer: lapin::Consumer,
+    subscription: Subscription,
     shared: Arc<Shared>,
 }
 
@@ -129,22 +126,9 @@ pub(crate) async fn attach(
             )
             .await?;
     }
-    let tag = format!("farine.{label}.{}", uuid::Uuid::new_v4().simple());
-    let consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(Error::amqp(format!("{label}: consuming queue {queue:?}")))?;
     tracing::info!(entry_point = %label, queue = %queue, prefetch, "rpc method attached");
     Ok(Attached {
-        label,
-        tag,
-        channel,
-        consumer,
+        subscription: Subscription::start(label, queue.clone(), channel).await?,
         shared: Arc::new(Shared {
             entry,
             context,
@@ -156,51 +140,14 @@ pub(crate) async fn attach(
 
 impl Attached {
     /// Serves requests until `shutdown`, then lets in-flight calls finish within `grace`.
-    pub(crate) async fn run(mut self, shutdown: CancellationToken, grace: Duration) -> Result<()> {
-        let mut tasks = JoinSet::new();
-        let ended = loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break None,
-                next = self.consumer.next() => match next {
-                    Some(Ok(delivery)) => {
-                        tasks.spawn(serve(self.shared.clone(), delivery, shutdown.clone(), grace));
-                    }
-                    Some(Err(err)) => {
-                        // Connection lost: lapin reconnects and re-attaches this consumer;
-                        // unacked deliveries come back (acks of old ones are dropped).
-                        tracing::warn!(entry_point = %self.label, "connection lost, waiting for the broker: {err}");
-                        match self.channel.wait_for_recovery(err).await {
-                            Ok(()) => tracing::info!(entry_point = %self.label, "re-attached after reconnecting"),
-                            Err(err) => break Some(format!("the consumer failed and cannot recover: {err}")),
-                        }
-                    }
-                    None => break Some("the broker ended the consumer".to_string()),
-                },
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            }
-        };
-        if ended.is_none() {
-            let _ = self
-                .channel
-                .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
-                .await;
-        }
-        let drained =
-            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-        if drained.is_err() {
-            tracing::warn!(entry_point = %self.label, left = tasks.len(), "grace period over: unfinished calls go back to the queue");
-            tasks.abort_all();
-        }
-        if ended.is_none() {
-            let _ = self.channel.close(200, "OK".into()).await;
-        }
-        match ended {
-            Some(reason) => Err(Error::Runtime(format!(
-                "{} (queue {:?}): {reason}",
-                self.label, self.shared.queue
-            ))),
-            None => Ok(()),
-        }
+    pub(crate) async fn run(self, shutdown: CancellationToken, grace: Duration) -> Result<()> {
+        let shared = self.shared;
+        let stop = shutdown.clone();
+        self.subscription
+            .run(shutdown, grace, move |delivery| {
+                serve(shared.clone(), delivery, stop.clone(), grace)
+            })
+            .await
     }
 }
 
@@ -463,48 +410,11 @@ pub(crate) async fn listen_for_cancels(
     context: Arc<ServiceContext>,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    let channel = context.broker.consume_channel(0).await?;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            lapin::options::QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(Error::amqp(format!(
-            "{service}: declaring the stream-cancel queue"
-        )))?;
-    let queue = queue.name().as_str().to_string();
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            service.into(),
-            cancel_key(service).into(),
-            lapin::options::QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(Error::amqp(format!(
-            "{service}: binding the stream-cancel queue"
-        )))?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(Error::amqp(format!(
-            "{service}: consuming the stream-cancel queue"
-        )))?;
+    let queue = format!("farine.cancel.{service}.{}", uuid::Uuid::new_v4().simple());
+    let (channel, mut consumer) = context
+        .broker
+        .private_queue(&queue, Some((service, &cancel_key(service))))
+        .await?;
     Ok(tokio::spawn(async move {
         let _channel = channel;
         loop {
