@@ -33,6 +33,8 @@ pub struct Broker {
     consume: Connection,
     publish: Connection,
     publish_channel: Channel,
+    /// Bumped each time the consuming connection is lost: waiting RPC calls fail at once.
+    losses: tokio::sync::watch::Receiver<u64>,
     /// Exchanges already declared by this process, so each is declared once.
     declared: Mutex<HashSet<String>>,
 }
@@ -94,6 +96,7 @@ impl Broker {
         };
         let context = || format!("connecting to {uri}");
         let consume = open("consume").await.map_err(Error::amqp(context()))?;
+        let losses = watch_losses(&consume, uri);
         let publish = open("publish").await.map_err(Error::amqp(context()))?;
         let publish_channel = publish
             .create_channel()
@@ -108,8 +111,14 @@ impl Broker {
             consume,
             publish,
             publish_channel,
+            losses,
             declared: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Changes each time the connection is lost (lapin then reconnects by itself).
+    pub fn losses(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.losses.clone()
     }
 
     /// The URI, with its password hidden when displayed.
@@ -367,6 +376,32 @@ impl Broker {
         let _ = self.consume.close(200, "farine shutdown".into()).await;
         let _ = self.publish.close(200, "farine shutdown".into()).await;
     }
+}
+
+/// Watches the connection's state and counts its losses, logging them and the reconnections.
+/// (Polled: lapin reports a connection forced closed by the broker on no event stream.)
+fn watch_losses(connection: &Connection, uri: &AmqpUri) -> tokio::sync::watch::Receiver<u64> {
+    let (sender, receiver) = tokio::sync::watch::channel(0u64);
+    let status = connection.status().clone();
+    let uri = uri.clone();
+    tokio::spawn(async move {
+        let mut was_up = true;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if sender.is_closed() {
+                return;
+            }
+            let up = status.connected();
+            if was_up && !up {
+                tracing::warn!(broker = %uri, "connection lost, reconnecting");
+                sender.send_modify(|losses| *losses += 1);
+            } else if !was_up && up {
+                tracing::info!(broker = %uri, "reconnected");
+            }
+            was_up = up;
+        }
+    });
+    receiver
 }
 
 fn publishing(exchange: &str, routing_key: &str) -> String {

@@ -227,6 +227,13 @@ impl Running {
         &self.services
     }
 
+    /// Readiness: every connection of these services is up, so every entry point is attached
+    /// (lapin re-attaches them after a reconnect). Also in the logs: "service ready" at start,
+    /// then "connection lost" and "re-attached after reconnecting" per entry point.
+    pub fn is_ready(&self) -> bool {
+        self.brokers.iter().all(|broker| broker.is_connected())
+    }
+
     /// Waits until an entry point stops on its own, which only happens on failure (for
     /// example the broker connection was lost); returns that failure.
     pub async fn failed(&mut self) -> Error {

@@ -71,6 +71,7 @@ impl Sturdy {
 #[ignore = "restarts the broker: run alone by .ci/test"]
 async fn the_same_process_heals_after_a_broker_restart() {
     support::require_rabbitmq();
+    farine::runtime::init_logging();
     let running = farine::Runtime::new(config("[t_fault]\nheartbeat = 5\n"))
         .only(["t_fault"])
         .start()
@@ -104,6 +105,7 @@ async fn the_same_process_heals_after_a_broker_restart() {
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(running.is_ready());
     let stopped = BrokerStopped::stop();
     let (result, waited) = in_flight.await.unwrap();
     let err = result.expect_err("the connection was lost");

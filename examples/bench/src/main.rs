@@ -471,6 +471,7 @@ impl Rpc {
     /// machine. A side's figure is its calls over the time its own calls took.
     async fn sequential(&self, duration: Duration) -> Res<Pair> {
         let mut pair = Pair::default();
+        let mut latencies: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
         let deadline = Instant::now() + duration;
         let mut i = 0i64;
         while Instant::now() < deadline {
@@ -490,12 +491,24 @@ impl Rpc {
                 let tally = pair.side(side);
                 tally.count += 1;
                 tally.time += took;
+                latencies[side as usize].push(took);
             }
             i += 1;
         }
         if verbose() {
-            for (side, tally) in [("lapin", pair.lapin), ("farine", pair.farine)] {
-                eprintln!("  {side}: {} calls, {:.0}/s", tally.count, tally.rate());
+            for (side, tally) in [(Side::Lapin, pair.lapin), (Side::Farine, pair.farine)] {
+                let sorted = &mut latencies[side as usize];
+                sorted.sort();
+                let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q) as usize];
+                eprintln!(
+                    "  rpc_seq {side:?}: {} calls, {:.0}/s, latency p10 {:.2?} p50 {:.2?} p90 {:.2?} p99 {:.2?}",
+                    tally.count,
+                    tally.rate(),
+                    at(0.1),
+                    at(0.5),
+                    at(0.9),
+                    at(0.99)
+                );
             }
         }
         Ok(pair)

@@ -93,7 +93,12 @@ impl Client {
         let reply_queue = format!("farine.reply.{}", uuid::Uuid::new_v4().simple());
         let (channel, consumer) = broker.private_queue(&reply_queue, None).await?;
         let pending: Pending = Arc::default();
-        let dispatcher = tokio::spawn(dispatch(consumer, channel.clone(), pending.clone()));
+        let dispatcher = tokio::spawn(dispatch(
+            consumer,
+            channel.clone(),
+            broker.losses(),
+            pending.clone(),
+        ));
         Ok(Client {
             inner: Arc::new(Inner {
                 broker,
@@ -254,20 +259,35 @@ impl Client {
 }
 
 /// Routes every reply frame to the call waiting for its correlation id.
-async fn dispatch(mut consumer: lapin::Consumer, channel: lapin::Channel, pending: Pending) {
-    while let Some(delivery) = consumer.next().await {
-        let delivery = match delivery {
-            Ok(delivery) => delivery,
-            Err(err) => {
-                // Every waiting call learns it now (Error::Disconnected), not at its timeout;
-                // then wait for lapin to re-attach the reply queue.
-                pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
-                tracing::warn!("RPC client: connection lost: {err}");
-                match channel.wait_for_recovery(err).await {
-                    Ok(()) => continue,
-                    Err(_) => break,
+async fn dispatch(
+    mut consumer: lapin::Consumer,
+    channel: lapin::Channel,
+    mut losses: tokio::sync::watch::Receiver<u64>,
+    pending: Pending,
+) {
+    // Every waiting call learns of a lost connection at once (Error::Disconnected), not at
+    // its deadline; lapin re-attaches the reply queue when the broker is back.
+    let fail_waiting = || pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    loop {
+        let delivery = tokio::select! {
+            changed = losses.changed() => {
+                if changed.is_err() {
+                    break;
                 }
+                fail_waiting();
+                continue;
             }
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(err)) => {
+                    fail_waiting();
+                    match channel.wait_for_recovery(err).await {
+                        Ok(()) => continue,
+                        Err(_) => break,
+                    }
+                }
+                None => break,
+            },
         };
         let Some(id) = delivery.properties.correlation_id().as_ref() else {
             tracing::debug!("reply without correlation_id ignored");
