@@ -534,7 +534,7 @@ async fn shutdown_under_load_loses_nothing_and_repeats_nothing() {
         .unwrap();
     assert!(
         eventually(Duration::from_secs(30), || LOAD_SEEN.lock().unwrap().len()
-            >= total as usize)
+            >= total)
         .await
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
