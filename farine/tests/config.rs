@@ -642,7 +642,13 @@ fn loads_a_real_file() {
 fn the_example_file_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../farine.ini.example");
     let config = Config::load(path).unwrap();
-    assert_eq!(config.sections(), ["calc"]);
+    // One section per example service, each valid as written.
+    assert_eq!(config.sections(), ["calc", "ledger", "relay", "todo"]);
+    for name in ["ledger", "todo"] {
+        let service = config.service(name).unwrap();
+        assert!(farine::db::DbSettings::from_settings(&service).unwrap().is_some(), "{name}");
+    }
+    assert!(config.service("relay").unwrap().endpoint.is_some());
     let calc = config.service("calc").unwrap();
     assert_eq!(calc.amqp_uri.expose(), URI);
     assert_eq!(calc.concurrency, 10);
