@@ -646,7 +646,12 @@ fn the_example_file_is_valid() {
     assert_eq!(config.sections(), ["calc", "ledger", "relay", "todo"]);
     for name in ["ledger", "todo"] {
         let service = config.service(name).unwrap();
-        assert!(farine::db::DbSettings::from_settings(&service).unwrap().is_some(), "{name}");
+        assert!(
+            farine::db::DbSettings::from_settings(&service)
+                .unwrap()
+                .is_some(),
+            "{name}"
+        );
     }
     assert!(config.service("relay").unwrap().endpoint.is_some());
     let calc = config.service("calc").unwrap();

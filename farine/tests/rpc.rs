@@ -448,3 +448,71 @@ impl NoReply {
         "pong"
     }
 }
+
+#[derive(Default)]
+struct Direct;
+
+#[farine::service(name = "t_direct")]
+impl Direct {
+    #[rpc::method]
+    fn upto(&self, n: u32) -> impl Stream<Item = u32> + Send + 'static {
+        futures::stream::iter(0..n)
+    }
+}
+
+/// A bare-lapin caller on RabbitMQ's direct reply-to gets every frame of a long stream (the
+/// broker returns mandatory replies to it as unroutable although it delivers them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_on_direct_reply_to_get_whole_streams() {
+    use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+    let raw = Raw::connect().await;
+    let running = farine::Runtime::new(config(""))
+        .only(["t_direct"])
+        .start()
+        .await
+        .unwrap();
+    let channel = raw.connection.create_channel().await.unwrap();
+    let mut replies = channel
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            "t_direct".into(),
+            "t_direct__upto".into(),
+            BasicPublishOptions::default(),
+            br#"{"args": [600], "kwargs": {}}"#,
+            lapin::BasicProperties::default()
+                .with_correlation_id("c1".into())
+                .with_reply_to("amq.rabbitmq.reply-to".into()),
+        )
+        .await
+        .unwrap();
+    let mut items = 0;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), replies.next())
+            .await
+            .expect("the stream goes on to its end frame")
+            .unwrap()
+            .unwrap();
+        let frame: Value = serde_json::from_slice(&next.data).unwrap();
+        if frame["__end__"] == json!(true) {
+            break;
+        }
+        assert_eq!(frame["body"], json!(items));
+        items += 1;
+    }
+    assert_eq!(items, 600);
+    running.shutdown().await.unwrap();
+    raw.delete_queues(&["t_direct__upto", "t_direct__upto.dlq"])
+        .await;
+    raw.delete_exchanges(&["t_direct"]).await;
+}

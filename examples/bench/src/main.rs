@@ -8,8 +8,9 @@
 //! Usage: `cargo run --release -p farine-bench -- [rpc_seq] [rpc_pipelined] [events]
 //! [rpc_stream] [idle_rss]` (no argument: all). The services run in their own processes,
 //! as deployed: this binary started again as `farine-bench __serve <kind>` (see `serve`).
-//! Each side is warmed up first; then the two sides take short turns (see `TURNS`), so a
-//! drift of the shared machine weighs on both alike.
+//! Each side is warmed up first. `rpc_seq` alternates the two sides call by call; the other
+//! workloads give them short turns (see `TURNS`): either way a drift of a shared machine
+//! weighs on both alike.
 
 mod baseline;
 mod child;

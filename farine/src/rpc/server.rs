@@ -155,6 +155,9 @@ impl Attached {
 struct Replier<'a> {
     broker: &'a Broker,
     reply_to: &'a str,
+    /// Replies are mandatory, so a caller that is gone is noticed, except to RabbitMQ's direct
+    /// reply-to, which delivers a mandatory reply but also returns it as unroutable.
+    mandatory: bool,
     properties: BasicProperties,
     confirms: VecDeque<lapin::PublisherConfirm>,
     sent: usize,
@@ -167,7 +170,13 @@ impl Replier<'_> {
         }
         let confirm = self
             .broker
-            .publish_pending("", self.reply_to, body, self.properties.clone(), true)
+            .publish_pending(
+                "",
+                self.reply_to,
+                body,
+                self.properties.clone(),
+                self.mandatory,
+            )
             .await?;
         self.confirms.push_back(confirm);
         self.sent += 1;
@@ -225,6 +234,7 @@ async fn serve(
     let mut replier = Replier {
         broker,
         reply_to: &reply_to,
+        mandatory: !reply_to.starts_with("amq.rabbitmq.reply-to"),
         properties,
         confirms: VecDeque::new(),
         sent: 0,
