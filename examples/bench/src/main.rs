@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Usage: `cargo run --release -p farine-bench -- [rpc_seq] [rpc_pipelined] [events]
-//! [rpc_stream] [idle_rss]` (no argument: all). The services run in their own processes,
+//! [rpc_stream] [rpc_db] [idle_rss]` (no argument: all). The services run in their own processes,
 //! as deployed: this binary started again as `farine-bench __serve <kind>` (see `serve`).
 //! Each side is warmed up first. `rpc_seq` alternates the two sides call by call; the other
 //! workloads give them short turns (see `TURNS`): either way a drift of a shared machine
@@ -15,6 +15,7 @@
 mod baseline;
 mod child;
 mod counter;
+mod db;
 mod events;
 mod serve;
 
@@ -36,9 +37,11 @@ const WORKLOADS: &[&str] = &[
     "rpc_pipelined",
     "events",
     "rpc_stream",
+    "rpc_db",
     "idle_rss",
 ];
-const DEFAULT_INI: &str = "[DEFAULT]\namqp_uri = amqp://guest:guest@127.0.0.1:5672/%2f\n";
+const DEFAULT_INI: &str = "[DEFAULT]\namqp_uri = amqp://guest:guest@127.0.0.1:5672/%2f\n\
+    [bench_db]\ndb_connector = postgres\ndb_url = postgres://postgres@127.0.0.1:5432/test\n";
 
 /// Time per turn of the timed RPC workloads (eight turns: four per side).
 const RPC_TURN: Duration = Duration::from_millis(750);
@@ -57,6 +60,7 @@ const TARGET_RPC_PIPELINED: f64 = 0.85;
 const TARGET_EVENTS: f64 = 0.85;
 const TARGET_STREAM_VS_EVENTS: f64 = 0.80;
 const TARGET_IDLE_MIB: f64 = 20.0;
+const TARGET_DB_VS_SEQ: f64 = 0.80;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -287,9 +291,16 @@ async fn run(config: farine::Config, selected: &[&str]) -> Res<()> {
     let calc_existed = admin.exchange_exists("calc").await;
     admin.delete(&bench_topology(&config)?).await;
 
-    let need_rpc = ["rpc_seq", "rpc_pipelined", "rpc_stream", "idle_rss"]
-        .iter()
-        .any(|w| wants(w));
+    let mut farine_seq_rate = None;
+    let need_rpc = [
+        "rpc_seq",
+        "rpc_pipelined",
+        "rpc_stream",
+        "rpc_db",
+        "idle_rss",
+    ]
+    .iter()
+    .any(|w| wants(w));
     let mut rpc = None;
     let mut idle_mib = None;
     let mut after_pipelined_mib = None;
@@ -308,8 +319,9 @@ async fn run(config: farine::Config, selected: &[&str]) -> Res<()> {
             bench.calls(side, WARM_UP, PIPELINE_DEPTH).await?;
         }
 
-        if wants("rpc_seq") {
+        if wants("rpc_seq") || wants("rpc_db") {
             let pair = bench.sequential(rpc_turn * TURNS.len() as u32).await?;
+            farine_seq_rate = Some(pair.farine.rate());
             line(
                 "rpc_seq",
                 pair.farine.rate(),
@@ -401,6 +413,33 @@ async fn run(config: farine::Config, selected: &[&str]) -> Res<()> {
                 ),
             );
         }
+    }
+
+    if wants("rpc_db") {
+        // Sequential calls of bench_db.select_one, against farine's own rpc_seq of this run.
+        let service = Child::spawn("farine-db").await?;
+        let client = farine::Client::connect(&config).await?;
+        let call = || client.call("bench_db", "select_one", serde_json::json!([]));
+        let warm_until = Instant::now() + WARM_UP;
+        while Instant::now() < warm_until {
+            call().await?;
+        }
+        let (mut calls, start) = (0u64, Instant::now());
+        while start.elapsed() < rpc_turn * (TURNS.len() as u32 / 2) {
+            if call().await? != serde_json::json!(1) {
+                return Err("select_one did not return 1".into());
+            }
+            calls += 1;
+        }
+        let rate = calls as f64 / start.elapsed().as_secs_f64();
+        let seq = farine_seq_rate.unwrap_or(f64::NAN);
+        let ratio = rate / seq;
+        println!(
+            "{:<15}farine={rate:.0}/s  rpc_seq={seq:.0}/s  ratio={ratio:.2}  target>={TARGET_DB_VS_SEQ:.2} {}",
+            "rpc_db",
+            verdict(ratio >= TARGET_DB_VS_SEQ)
+        );
+        service.stop().await;
     }
 
     if wants("idle_rss") {
@@ -652,12 +691,14 @@ fn bench_topology(config: &farine::Config) -> Res<Topology> {
     .map(String::from)
     .to_vec();
     queues.extend(consumer_queues(config, "bench_events", events::QUEUE)?);
+    queues.extend(["bench_db__select_one", "bench_db__select_one.dlq"].map(String::from));
     Ok(Topology {
         queues,
         exchanges: [
             baseline::RPC_EXCHANGE,
             baseline::EVENTS_EXCHANGE,
             events::EXCHANGE,
+            "bench_db",
         ]
         .map(String::from)
         .to_vec(),

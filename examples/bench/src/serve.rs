@@ -2,6 +2,7 @@
 //!
 //! - `farine-calc`: the `calc` service as `farine --start calc` runs it (`farine::Runtime`).
 //! - `farine-events`: the `bench_events` service.
+//! - `farine-db`: the `bench_db` service (PostgreSQL).
 //! - `lapin-rpc`: the bare-lapin RPC server.
 //! - `lapin-events`: the bare-lapin events consumer.
 
@@ -9,7 +10,13 @@ use crate::{baseline, counter, Res};
 use std::process::ExitCode;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-pub const KINDS: &[&str] = &["farine-calc", "farine-events", "lapin-rpc", "lapin-events"];
+pub const KINDS: &[&str] = &[
+    "farine-calc",
+    "farine-events",
+    "farine-db",
+    "lapin-rpc",
+    "lapin-events",
+];
 
 pub fn main(kind: &str) -> ExitCode {
     // The runtime `farine::run` builds: multi-threaded, one worker per core.
@@ -35,12 +42,12 @@ pub fn main(kind: &str) -> ExitCode {
 async fn serve(kind: &str) -> Res<()> {
     let config = farine::Config::from_env()?;
     match kind {
-        "farine-calc" | "farine-events" => {
+        "farine-calc" | "farine-events" | "farine-db" => {
             farine::runtime::init_logging();
-            let service = if kind == "farine-calc" {
-                "calc"
-            } else {
-                "bench_events"
+            let service = match kind {
+                "farine-calc" => "calc",
+                "farine-db" => "bench_db",
+                _ => "bench_events",
             };
             let running = farine::Runtime::new(config).only([service]).start().await?;
             println!("ready");
