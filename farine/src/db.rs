@@ -208,7 +208,8 @@ impl Database {
     fn error(&self, err: sqlx::Error) -> Error {
         let message = match err {
             sqlx::Error::PoolTimedOut => format!(
-                "no free connection in the pool of {} within db_timeout = {} (db_max_conn = {})",
+                "no free connection in the pool of {} within db_timeout = {} (db_max_conn = {}): \
+                 the pool is exhausted or the database is unreachable",
                 self.settings.shown,
                 humantime::format_duration(self.settings.acquire_timeout),
                 self.settings.max_connections

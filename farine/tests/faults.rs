@@ -170,3 +170,107 @@ async fn the_same_process_heals_after_a_broker_restart() {
     raw.delete_queues(&queues).await;
     raw.delete_exchanges(&["t_fault", "t_fault.ex"]).await;
 }
+
+/// Starts PostgreSQL again when dropped, so a failing test leaves it running.
+struct PostgresStopped;
+
+fn pg_ctl(action: &str) {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .expect("PostgreSQL is installed under /etc/postgresql")
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .next()
+        .expect("a PostgreSQL cluster");
+    let status = Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version, "main", action])
+        .status()
+        .expect("pg_ctlcluster runs");
+    assert!(status.success(), "pg_ctlcluster {action} failed");
+}
+
+impl Drop for PostgresStopped {
+    fn drop(&mut self) {
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], 5432));
+        if std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_err() {
+            pg_ctl("start");
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counter;
+
+#[farine::service(name = "t_fault_db")]
+impl Counter {
+    #[rpc::method]
+    async fn one(&self, mut db: Db) -> farine::Result<i32> {
+        let (one,): (i32,) = sqlx::query_as("select 1").fetch_one(db.conn()).await?;
+        Ok(one)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stops PostgreSQL: run alone by .ci/test"]
+async fn the_service_survives_a_database_restart() {
+    support::require_postgres();
+    let settings = format!(
+        "[t_fault_db]\ndb_connector = postgres\ndb_url = {}\ndb_timeout = 2s\nrpc_timeout = 20s\n",
+        support::PG_URL
+    );
+    let running = farine::Runtime::new(config(&settings))
+        .only(["t_fault_db"])
+        .start()
+        .await
+        .expect("service starts");
+    let client = farine::Client::connect(&config(&settings)).await.unwrap();
+    assert_eq!(
+        client.call("t_fault_db", "one", json!([])).await.unwrap(),
+        json!(1)
+    );
+
+    let guard = PostgresStopped;
+    pg_ctl("stop");
+    // Calls fail with an error that names the service's database, quickly, and the service
+    // stays up.
+    let started = Instant::now();
+    let err = client
+        .call("t_fault_db", "one", json!([]))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "failed after {:?}",
+        started.elapsed()
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("t_fault_db") && text.contains("database"),
+        "{text}"
+    );
+
+    pg_ctl("start");
+    drop(guard);
+    let back = Instant::now();
+    let mut answered = false;
+    while back.elapsed() < Duration::from_secs(30) {
+        if client.call("t_fault_db", "one", json!([])).await.ok() == Some(json!(1)) {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        answered,
+        "the pool recovered by itself once PostgreSQL was back"
+    );
+    eprintln!(
+        "database calls work again {:?} after PostgreSQL came back",
+        back.elapsed()
+    );
+
+    running.shutdown().await.unwrap();
+    let raw = Raw::connect().await;
+    raw.delete_queues(&["t_fault_db__one", "t_fault_db__one.dlq"])
+        .await;
+    raw.delete_exchanges(&["t_fault_db"]).await;
+}
