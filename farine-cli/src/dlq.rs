@@ -24,7 +24,7 @@ pub fn run(action: Action, queue: &str, limit: usize) -> Result<ExitCode, Failur
         .build()
         .map_err(|err| Failure::new(format!("cannot start the async runtime: {err}")))?;
     runtime.block_on(async {
-        let broker = Broker::connect(&settings.amqp_uri, settings.heartbeat)
+        let broker = Broker::for_service(&settings)
             .await
             .map_err(|err| Failure::new(err.to_string()))?;
         let outcome = match action {

@@ -2,7 +2,7 @@
 //! process (per broker URI), a confirm-mode channel shared by every publisher, topology
 //! declaration, and confirmed publishing where a nack or a returned message is an error.
 
-use crate::config::{AmqpUri, ExchangeKind};
+use crate::config::{AmqpUri, ExchangeKind, ServiceConfig};
 use crate::{Error, Result};
 use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
@@ -14,6 +14,9 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// How long the first connection to a broker may take, retries included.
+pub const CONNECT_WAIT: Duration = Duration::from_secs(15);
 
 /// How long a publish waits for a lost connection to come back before it fails.
 pub const PUBLISH_WAIT: Duration = Duration::from_secs(30);
@@ -54,20 +57,41 @@ fn cache() -> &'static BrokerCache {
 
 impl Broker {
     /// The process's broker for `uri`, connected on first use and shared afterwards.
-    pub async fn shared(uri: &AmqpUri, heartbeat: u16) -> Result<Arc<Broker>> {
+    pub async fn shared(settings: &ServiceConfig) -> Result<Arc<Broker>> {
+        let uri = &settings.amqp_uri;
         let mut brokers = cache().lock().await;
         if let Some(broker) = brokers.get(uri.expose()) {
             if broker.is_connected() {
                 return Ok(broker.clone());
             }
         }
-        let broker = Arc::new(Broker::connect(uri, heartbeat).await?);
+        let broker = Arc::new(Broker::for_service(settings).await?);
         brokers.insert(uri.expose().to_string(), broker.clone());
         Ok(broker)
     }
 
+    /// The broker of a service's settings: its `amqp_uri`, `heartbeat`, and for `amqps://`
+    /// the certificate authorities of `amqp_ca_file` (PEM) on top of the system's.
+    pub async fn for_service(settings: &ServiceConfig) -> Result<Broker> {
+        let ca = match settings.raw("amqp_ca_file").filter(|path| !path.is_empty()) {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|err| {
+                settings.error(
+                    "amqp_ca_file",
+                    format!("expected a readable PEM file of CA certificates, cannot read {path:?}: {err}"),
+                )
+            })?),
+            None => None,
+        };
+        Broker::connect_tls(&settings.amqp_uri, settings.heartbeat, ca).await
+    }
+
     /// Opens the two connections. `heartbeat` is in seconds (0 disables).
     pub async fn connect(uri: &AmqpUri, heartbeat: u16) -> Result<Broker> {
+        Broker::connect_tls(uri, heartbeat, None).await
+    }
+
+    /// [`Broker::connect`], trusting the PEM certificates `ca` for `amqps://` as well.
+    pub async fn connect_tls(uri: &AmqpUri, heartbeat: u16, ca: Option<String>) -> Result<Broker> {
         let mut parsed: lapin::uri::AMQPUri = uri.expose().parse().map_err(|message: String| {
             Error::Runtime(format!("amqp_uri {uri} is not a valid AMQP URI: {message}"))
         })?;
@@ -97,12 +121,32 @@ impl Broker {
                         .with_jitter()
                         .without_max_times()
                 });
-            Connection::connect_uri(parsed.clone(), properties)
+            let tls = lapin::tcp::OwnedTLSConfig {
+                identity: None,
+                cert_chain: ca.clone(),
+            };
+            async {
+                let runtime = lapin::runtime::default_runtime()?;
+                Connection::connect_uri_with_config(parsed.clone(), properties, tls, runtime).await
+            }
         };
-        let context = || format!("connecting to {uri}");
-        let consume = open("consume").await.map_err(Error::amqp(context()))?;
+        // lapin retries a failing connection with the recovery backoff, without end: bound the
+        // first connection, so an unreachable broker or an untrusted certificate is an error.
+        let connect = |role: &'static str| {
+            let attempt = open(role);
+            async move {
+                match tokio::time::timeout(CONNECT_WAIT, attempt).await {
+                    Ok(connected) => connected.map_err(Error::amqp(format!("connecting to {uri}"))),
+                    Err(_) => Err(Error::Runtime(format!(
+                        "cannot connect to the broker at {uri} within {} (is RabbitMQ running and reachable? for amqps://, is its certificate trusted? see amqp_ca_file)",
+                        humantime::format_duration(CONNECT_WAIT)
+                    ))),
+                }
+            }
+        };
+        let consume = connect("consume").await?;
         let losses = watch_losses(&consume, uri);
-        let publish = open("publish").await.map_err(Error::amqp(context()))?;
+        let publish = connect("publish").await?;
         let publish_channel = publish
             .create_channel()
             .await

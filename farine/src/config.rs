@@ -91,6 +91,7 @@ const KNOWN_KEYS: &[&str] = &[
     "idle_timeout",
     "retry",
     "serializer",
+    "amqp_ca_file",
 ];
 
 /// Key prefixes other modules own (database settings, SSE request headers).

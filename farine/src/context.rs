@@ -141,7 +141,7 @@ pub(crate) async fn service(name: &str) -> Result<Arc<ServiceContext>> {
             (Arc::new(config.service(name)?), Arc::new(config))
         }
     };
-    let broker = Broker::shared(&settings.amqp_uri, settings.heartbeat).await?;
+    let broker = Broker::shared(&settings).await?;
     let db = known.as_ref().and_then(|context| context.db.clone());
     let context = Arc::new(ServiceContext::new(broker, settings, config, db));
     register(name, context.clone());

@@ -198,26 +198,14 @@ impl Runtime {
 }
 
 /// This runtime's own connections (closing them at shutdown must not affect another runtime
-/// in the process), retried briefly so a broker that is still booting does not fail the start.
+/// in the process); a broker still booting gets `CONNECT_WAIT` to answer.
 async fn connect(settings: &ServiceConfig) -> Result<Arc<Broker>> {
-    let mut delay = Duration::from_millis(500);
-    let mut attempt = 1;
-    loop {
-        match Broker::connect(&settings.amqp_uri, settings.heartbeat).await {
-            Ok(broker) => return Ok(Arc::new(broker)),
-            Err(err) if attempt < 5 => {
-                tracing::warn!(service = %settings.name, attempt, retry_in = ?delay, "cannot reach the broker: {err}");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                attempt += 1;
-            }
-            Err(err) => {
-                return Err(Error::Runtime(format!(
-                    "service {}: cannot reach the broker at {} after {attempt} attempts: {err} (is RabbitMQ running? `rabbitmq-server -detached` starts it)",
-                    settings.name, settings.amqp_uri
-                )))
-            }
-        }
+    match Broker::for_service(settings).await {
+        Ok(broker) => Ok(Arc::new(broker)),
+        Err(err) => Err(Error::Runtime(format!(
+            "service {}: {err} (`rabbitmq-server -detached` starts a local RabbitMQ)",
+            settings.name
+        ))),
     }
 }
 

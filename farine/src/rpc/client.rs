@@ -84,7 +84,7 @@ impl Client {
     /// Connects with the `[DEFAULT]` settings of `config` (its own connections).
     pub async fn connect(config: &Config) -> Result<Client> {
         let settings = config.service("farine-client")?;
-        let broker = Arc::new(Broker::connect(&settings.amqp_uri, settings.heartbeat).await?);
+        let broker = Arc::new(Broker::for_service(&settings).await?);
         Client::with_broker(broker, Arc::new(config.clone())).await
     }
 
