@@ -210,7 +210,6 @@ fn invocation(method: &Method, on_error: &TokenStream) -> Invocation {
 }
 
 fn entry_point(service: &Service, method: &Method) -> TokenStream {
-    let ty = &service.item.self_ty;
     let ident = &method.sig.ident;
     let method_name = ident.to_string();
     let span = ident.span();
@@ -266,28 +265,12 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
                 .next()
                 .map(|p| p.ty.clone())
                 .expect("validated: one body parameter");
-            let on_error = quote!(::farine::__private::Outcome::Failed(err.to_string()));
-            let Invocation {
-                arguments,
-                injections,
-                tx,
-                ..
-            } = invocation(method, &on_error);
-            let settle = match &tx {
-                Some(tx) => quote!(::farine::__private::settle_tx_outcome(#tx, __outcome).await),
-                None => quote!(__outcome),
-            };
-            // Spanned on the method so that a non-Send future is reported there.
-            let handler = quote_spanned! {span=>
-                ::farine::__private::consume_handler(
-                    ::std::sync::Arc::clone(&svc),
-                    |svc: ::std::sync::Arc<#ty>, __ctx: ::std::sync::Arc<::farine::context::ServiceContext>, __farine_arg_0: #body_ty| async move {
-                        #injections
-                        let __outcome = ::farine::__private::HandlerResult::into_outcome(svc.#ident(#(#arguments),*).await);
-                        #settle
-                    },
-                )
-            };
+            let handler = outcome_handler(
+                service,
+                method,
+                "consume_handler",
+                quote!(__farine_arg_0: #body_ty),
+            );
             out.extend(quote! {
                 def.consume(
                     ::farine::__private::ConsumeSpec {
@@ -398,27 +381,12 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
                 .next()
                 .map(|p| p.ty.clone())
                 .expect("validated: one event parameter");
-            let on_error = quote!(::farine::__private::Outcome::Failed(err.to_string()));
-            let Invocation {
-                arguments,
-                injections,
-                tx,
-                ..
-            } = invocation(method, &on_error);
-            let settle = match &tx {
-                Some(tx) => quote!(::farine::__private::settle_tx_outcome(#tx, __outcome).await),
-                None => quote!(__outcome),
-            };
-            let handler = quote_spanned! {span=>
-                ::farine::__private::event_handler(
-                    ::std::sync::Arc::clone(&svc),
-                    |svc: ::std::sync::Arc<#ty>, __ctx: ::std::sync::Arc<::farine::context::ServiceContext>, __farine_arg_0: #event_ty| async move {
-                        #injections
-                        let __outcome = ::farine::__private::HandlerResult::into_outcome(svc.#ident(#(#arguments),*).await);
-                        #settle
-                    },
-                )
-            };
+            let handler = outcome_handler(
+                service,
+                method,
+                "event_handler",
+                quote!(__farine_arg_0: #event_ty),
+            );
             out.extend(quote! {
                 def.listen(
                     ::farine::__private::ListenAttr { method: #method_name, endpoint: #endpoint },
@@ -442,28 +410,12 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
                 Some(lit) => quote!(::core::option::Option::Some(#lit)),
                 None => quote!(::core::option::Option::None),
             };
-            let on_error = quote!(::farine::__private::Outcome::Failed(err.to_string()));
-            let Invocation {
-                arguments,
-                injections,
-                tx,
-                ..
-            } = invocation(method, &on_error);
-            let settle = match &tx {
-                Some(tx) => quote!(::farine::__private::settle_tx_outcome(#tx, __outcome).await),
-                None => quote!(__outcome),
-            };
-            let handler = quote_spanned! {span=>
-                ::farine::__private::execute_handler(
-                    ::std::sync::Arc::clone(&svc),
-                    |svc: ::std::sync::Arc<#ty>, __ctx: ::std::sync::Arc<::farine::context::ServiceContext>, __shutdown: ::farine::execute::Shutdown| async move {
-                        let _ = &__shutdown;
-                        #injections
-                        let __outcome = ::farine::__private::HandlerResult::into_outcome(svc.#ident(#(#arguments),*).await);
-                        #settle
-                    },
-                )
-            };
+            let handler = outcome_handler(
+                service,
+                method,
+                "execute_handler",
+                quote!(__shutdown: ::farine::execute::Shutdown),
+            );
             out.extend(quote! {
                 def.execute(
                     ::farine::__private::ExecuteAttr {
@@ -478,6 +430,42 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
         }
     }
     out
+}
+
+/// The handler of an entry point whose method's result becomes an `Outcome` (consumers,
+/// listeners, loops): `builder(service, |svc, __ctx, <input>| ...)`, with the runtime's
+/// parameters injected and the transaction settled before the outcome is returned. Spanned
+/// on the method so that a non-Send future is reported there.
+fn outcome_handler(
+    service: &Service,
+    method: &Method,
+    builder: &str,
+    input: TokenStream,
+) -> TokenStream {
+    let ty = &service.item.self_ty;
+    let ident = &method.sig.ident;
+    let builder = format_ident!("{}", builder, span = ident.span());
+    let on_error = quote!(::farine::__private::Outcome::Failed(err.to_string()));
+    let Invocation {
+        arguments,
+        injections,
+        tx,
+        ..
+    } = invocation(method, &on_error);
+    let settle = match &tx {
+        Some(tx) => quote!(::farine::__private::settle_tx_outcome(#tx, __outcome).await),
+        None => quote!(__outcome),
+    };
+    quote_spanned! {ident.span()=>
+        ::farine::__private::#builder(
+            ::std::sync::Arc::clone(&svc),
+            |svc: ::std::sync::Arc<#ty>, __ctx: ::std::sync::Arc<::farine::context::ServiceContext>, #input| async move {
+                #injections
+                let __outcome = ::farine::__private::HandlerResult::into_outcome(svc.#ident(#(#arguments),*).await);
+                #settle
+            },
+        )
+    }
 }
 
 /// What a caller decodes a returned borrowed type into: `&str` -> `String`, `&[T]` ->
