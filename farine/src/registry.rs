@@ -146,6 +146,11 @@ pub type ConsumeHandler =
     Arc<dyn Fn(Arc<ServiceContext>, &[u8]) -> BoxFuture<'static, Outcome> + Send + Sync>;
 
 /// What a handler may return: `()` or any `Result` whose error can be displayed.
+#[diagnostic::on_unimplemented(
+    message = "a consume, stream::http or execute method returns `()` or `Result<_, E>` with `E: Display`, not `{Self}`",
+    label = "returns `{Self}`",
+    note = "`()` and `Ok(_)` are success; `Err(_)` is a failure, logged, and for a consumed message retried then dead-lettered"
+)]
 pub trait HandlerResult {
     fn into_outcome(self) -> Outcome;
 }
