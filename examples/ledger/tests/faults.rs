@@ -8,12 +8,14 @@
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const INI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../farine.ini.example");
 const CALC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/debug/calc");
-const ENTRIES: i64 = 3000;
+
+mod common;
+
+use common::{count, spawn, ENTRIES, INI};
 
 struct BrokerGuard;
 
@@ -33,48 +35,10 @@ fn rabbitmqctl(arg: &str) {
     assert!(status.success(), "rabbitmqctl {arg}");
 }
 
-fn spawn(program: &str) -> Child {
-    Command::new(program)
-        .env("FARINE_INI", INI)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|err| panic!("{program}: {err}"))
-}
-
-async fn count(pool: &sqlx::PgPool) -> i64 {
-    let (n,): (i64,) = sqlx::query_as("select count(*) from ledger_entries")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    n
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "restarts the broker: run alone by .ci/test"]
 async fn entries_survive_a_killed_service_and_a_restarted_broker() {
-    let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
-        .await
-        .unwrap();
-    for statement in [
-        "drop table if exists ledger_entries",
-        "drop table if exists _farine_migrations_ledger",
-    ] {
-        sqlx::query(statement).execute(&pool).await.unwrap();
-    }
-    let migrated = Command::new(env!("CARGO_BIN_EXE_ledger"))
-        .env("FARINE_INI", INI)
-        .env(
-            "FARINE_MIGRATIONS",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"),
-        )
-        .output()
-        .unwrap();
-    assert!(
-        migrated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrated.stderr)
-    );
+    let pool = common::fresh_database().await;
 
     // calc runs from the `calc` dev-dependency's binary, built by `cargo test --workspace`.
     assert!(

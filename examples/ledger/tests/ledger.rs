@@ -6,66 +6,16 @@ use lapin::options::*;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const INI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../farine.ini.example");
-const ENTRIES: i64 = 3000;
+mod common;
 
-fn require(port: u16, name: &str, start: &str) {
-    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    if std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_err() {
-        panic!("{name} is not reachable on 127.0.0.1:{port}: start it with `{start}`");
-    }
-}
-
-fn start_ledger() -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ledger"))
-        .env("FARINE_INI", INI)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-async fn count(pool: &sqlx::PgPool) -> i64 {
-    let (n,): (i64,) = sqlx::query_as("select count(*) from ledger_entries")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    n
-}
+use common::{count, require, spawn, ENTRIES, INI};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_batch_loses_nothing_and_duplicates_nothing() {
     require(5672, "RabbitMQ", "rabbitmq-server -detached");
-    require(
-        5432,
-        "PostgreSQL",
-        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
-    );
-    let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
-        .await
-        .unwrap();
-    for statement in [
-        "drop table if exists ledger_entries",
-        "drop table if exists _farine_migrations_ledger",
-    ] {
-        sqlx::query(statement).execute(&pool).await.unwrap();
-    }
-    let migrated = Command::new(env!("CARGO_BIN_EXE_ledger"))
-        .env("FARINE_INI", INI)
-        .env(
-            "FARINE_MIGRATIONS",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"),
-        )
-        .output()
-        .unwrap();
-    assert!(
-        migrated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrated.stderr)
-    );
+    let pool = common::fresh_database().await;
 
     let connection = Connection::connect(
         "amqp://guest:guest@127.0.0.1:5672/%2f",
@@ -87,7 +37,7 @@ async fn sigkill_mid_batch_loses_nothing_and_duplicates_nothing() {
             .await;
     }
 
-    let mut first = start_ledger();
+    let mut first = spawn(env!("CARGO_BIN_EXE_ledger"));
     let config = farine::Config::load(INI).unwrap();
     let client = farine::Client::connect(&config).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -140,7 +90,7 @@ async fn sigkill_mid_batch_loses_nothing_and_duplicates_nothing() {
     eprintln!("killed with {at_kill} of {ENTRIES} entries recorded");
     assert!(at_kill < ENTRIES, "the kill came too late to test anything");
 
-    let mut second = start_ledger();
+    let mut second = spawn(env!("CARGO_BIN_EXE_ledger"));
     let deadline = Instant::now() + Duration::from_secs(120);
     while count(&pool).await < ENTRIES {
         assert!(

@@ -143,26 +143,17 @@ impl Raw {
 
     /// Messages ready in `queue` (0 if it does not exist).
     pub async fn ready(&self, queue: &str) -> u32 {
-        let channel = self.connection.create_channel().await.expect("channel");
-        let count = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map(|q| q.message_count())
-            .unwrap_or(0);
-        let _ = channel.close(200, "OK".into()).await;
-        count
+        self.passive(queue).await.map_or(0, |q| q.message_count())
     }
 
     pub async fn queue_exists(&self, queue: &str) -> bool {
+        self.passive(queue).await.is_some()
+    }
+
+    /// The queue as the broker reports it, on a channel of its own (a missing queue closes it).
+    async fn passive(&self, queue: &str) -> Option<lapin::Queue> {
         let channel = self.connection.create_channel().await.expect("channel");
-        let exists = channel
+        let declared = channel
             .queue_declare(
                 queue.into(),
                 QueueDeclareOptions {
@@ -172,9 +163,9 @@ impl Raw {
                 FieldTable::default(),
             )
             .await
-            .is_ok();
+            .ok();
         let _ = channel.close(200, "OK".into()).await;
-        exists
+        declared
     }
 
     /// Deletes queues (with farine's `.dlq` and `.retry.*` companions named in `queues`).
