@@ -193,9 +193,9 @@ impl Client {
             call,
             receiver,
             guard,
-            first: Some(timeout),
             idle_timeout,
-            timer: None,
+            // The deadline counts from the request; each frame moves it by `idle_timeout`.
+            timer: Box::pin(tokio::time::sleep(timeout)),
             waiting: timeout,
             done: false,
         })
@@ -369,10 +369,9 @@ pub struct Replies {
     call: String,
     receiver: mpsc::UnboundedReceiver<Incoming>,
     guard: CallGuard,
-    /// Deadline for the first frame, then `idle_timeout` between frames.
-    first: Option<Duration>,
     idle_timeout: Duration,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Deadline of the next frame: the call's timeout for the first, then `idle_timeout`.
+    timer: Pin<Box<tokio::time::Sleep>>,
     /// What the running timer waits for, to say so when it expires.
     waiting: Duration,
     done: bool,
@@ -420,14 +419,13 @@ impl Stream for Replies {
         if self.done {
             return Poll::Ready(None);
         }
-        if self.timer.is_none() {
-            let wait = self.first.take().unwrap_or(self.idle_timeout);
-            self.waiting = wait;
-            self.timer = Some(Box::pin(tokio::time::sleep(wait)));
-        }
         match self.receiver.poll_recv(cx) {
             Poll::Ready(Some(frame)) => {
-                self.timer = None;
+                let idle = self.idle_timeout;
+                self.waiting = idle;
+                self.timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + idle);
                 match frame {
                     Incoming::Item(value) => Poll::Ready(Some(Ok(value))),
                     Incoming::End => {
@@ -449,11 +447,7 @@ impl Stream for Replies {
                 })))
             }
             Poll::Pending => {
-                let expired = self
-                    .timer
-                    .as_mut()
-                    .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
-                if expired {
+                if self.timer.as_mut().poll(cx).is_ready() {
                     self.done = true;
                     let after = self.waiting;
                     Poll::Ready(Some(Err(Error::Timeout {
@@ -478,17 +472,18 @@ impl<T: DeserializeOwned> Stream for RpcStream<T> {
     type Item = Result<T>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let call = &self.replies.call;
-        let call = call.clone();
-        match Pin::new(&mut self.replies).poll_next(cx) {
-            Poll::Ready(Some(Ok(value))) => Poll::Ready(Some(
-                serde_json::from_value(value)
-                    .map_err(Error::json(format!("decoding an item of {call}"))),
-            )),
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
+        let polled = Pin::new(&mut self.replies).poll_next(cx);
+        // The call's name is copied only for an item that does not decode.
+        polled.map(|item| {
+            item.map(|result| {
+                result.and_then(|value| {
+                    serde_json::from_value(value).map_err(|source| Error::Json {
+                        context: format!("decoding an item of {}", self.replies.call),
+                        source,
+                    })
+                })
+            })
+        })
     }
 }
 
