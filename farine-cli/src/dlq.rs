@@ -47,10 +47,18 @@ pub fn run(action: Action, queue: &str, limit: usize) -> Result<ExitCode, Failur
                 let replayed = dlq::replay(&broker, queue, limit)
                     .await
                     .map_err(|err| Failure::new(err.to_string()))?;
-                println!(
-                    "replayed {replayed} message(s) from {}",
-                    dlq::queue_name(queue)
-                );
+                let dlq = dlq::queue_name(queue);
+                let target = dlq.strip_suffix(".dlq").unwrap_or(&dlq);
+                println!("moved {} message(s) from {dlq} to {target}", replayed.moved);
+                if replayed.left > 0 {
+                    println!("{} message(s) left in {dlq} (over --limit)", replayed.left);
+                }
+                if replayed.came_back > 0 {
+                    println!(
+                        "{} message(s) came back to {dlq}: they failed again",
+                        replayed.came_back
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             }
         };
@@ -61,18 +69,33 @@ pub fn run(action: Action, queue: &str, limit: usize) -> Result<ExitCode, Failur
 
 /// `#1  2026-11-22T03:10:00Z  attempts=3  calc/operations  the ledger is closed  {"a":1}`
 fn line(index: usize, letter: &DeadLetter) -> String {
-    let mut body = String::from_utf8_lossy(&letter.body).replace('\n', " ");
+    let mut body = printable(&String::from_utf8_lossy(&letter.body));
     if body.chars().count() > 60 {
         body = body.chars().take(57).collect::<String>() + "...";
     }
-    format!(
+    // Headers are the sender's words too: escape the whole line.
+    printable(&format!(
         "#{index}  {}  attempts={}  {}/{}  {}  {body}",
         letter.failed_at.as_deref().unwrap_or("-"),
         letter.attempts,
         letter.original_exchange.as_deref().unwrap_or("?"),
         letter.original_routing_key.as_deref().unwrap_or("?"),
         letter.error.as_deref().unwrap_or("(no reason recorded)"),
-    )
+    ))
+}
+
+/// `text` with control characters (ESC, BEL, CR, ...) escaped, so a body cannot drive the
+/// terminal it is listed on.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// One JSON object per message: why, where from, and the body (as JSON when it is JSON).

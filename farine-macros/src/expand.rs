@@ -306,8 +306,8 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
             });
             let frame_of = quote! {{
                 #[allow(unused_imports, clippy::needless_borrow)]
-                use ::farine::__private::{ViaDisplayError as _, ViaSerializableError as _, ViaValue as _};
-                (&&&::farine::__private::Returned(__out)).frame()
+                use ::farine::__private::{ViaDisplayError as _, ViaSerializableError as _, ViaSerializeOnlyError as _, ViaValue as _};
+                (&&&&::farine::__private::Returned(__out)).frame()
             }};
             let body = if streaming {
                 let on_error = quote!(::farine::__private::error_stream(err));

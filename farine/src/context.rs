@@ -71,30 +71,47 @@ impl ServiceContext {
     }
 }
 
+/// Streaming calls in progress, by correlation id, with the `reply_to` a cancel must name.
 #[derive(Default)]
-pub(crate) struct Streams(Mutex<HashMap<String, CancellationToken>>);
+pub(crate) struct Streams(Mutex<HashMap<String, (String, CancellationToken)>>);
 
 impl Streams {
-    pub fn register(&self, correlation_id: &str) -> CancellationToken {
+    pub fn register(&self, correlation_id: &str, reply_to: &str) -> CancellationToken {
         let token = CancellationToken::new();
         if !correlation_id.is_empty() {
-            self.lock()
-                .insert(correlation_id.to_string(), token.clone());
+            self.lock().insert(
+                correlation_id.to_string(),
+                (reply_to.to_string(), token.clone()),
+            );
         }
         token
     }
 
-    pub fn remove(&self, correlation_id: &str) {
-        self.lock().remove(correlation_id);
-    }
-
-    pub fn cancel(&self, correlation_id: &str) {
-        if let Some(token) = self.lock().remove(correlation_id) {
-            token.cancel();
+    pub fn remove(&self, correlation_id: &str, reply_to: &str) {
+        let mut streams = self.lock();
+        // Another call may reuse the id: only its own entry goes.
+        if streams
+            .get(correlation_id)
+            .is_some_and(|(r, _)| r == reply_to)
+        {
+            streams.remove(correlation_id);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+    /// Stops the stream only when both its correlation id and its `reply_to` match.
+    pub fn cancel(&self, correlation_id: &str, reply_to: &str) {
+        let mut streams = self.lock();
+        if streams
+            .get(correlation_id)
+            .is_some_and(|(r, _)| r == reply_to)
+        {
+            if let Some((_, token)) = streams.remove(correlation_id) {
+                token.cancel();
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, CancellationToken)>> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -39,6 +39,7 @@
 
 pub mod amqp;
 pub mod broker;
+mod clip;
 pub mod config;
 pub mod context;
 pub mod db;
@@ -115,7 +116,9 @@ pub mod __private {
         acquire_db, begin_tx, error_frame, error_stream, frames, inject_client, reply,
         settle_tx_frame, settle_tx_outcome, streaming, unary,
     };
-    pub use crate::rpc::reply::{Returned, ViaDisplayError, ViaSerializableError, ViaValue};
+    pub use crate::rpc::reply::{
+        Returned, ViaDisplayError, ViaSerializableError, ViaSerializeOnlyError, ViaValue,
+    };
     pub use crate::stream::event_handler;
     pub use inventory;
 }

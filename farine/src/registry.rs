@@ -171,7 +171,7 @@ impl<T, E: std::fmt::Display> HandlerResult for Result<T, E> {
     fn into_outcome(self) -> Outcome {
         match self {
             Ok(_) => Outcome::Done,
-            Err(err) => Outcome::Failed(err.to_string()),
+            Err(err) => Outcome::Failed(crate::clip::clip_owned(err.to_string())),
         }
     }
 }
@@ -191,10 +191,10 @@ where
         let value: T = match serde_json::from_slice(body) {
             Ok(value) => value,
             Err(err) => {
-                let reason = format!(
+                let reason = crate::clip::clip_owned(format!(
                     "body does not decode as {}: {err}",
                     std::any::type_name::<T>()
-                );
+                ));
                 return futures::future::ready(Outcome::Poison(reason)).boxed();
             }
         };
@@ -213,9 +213,9 @@ where
 /// The message of a panic payload.
 pub fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(text) = panic.downcast_ref::<&str>() {
-        (*text).to_string()
+        crate::clip::clip(text).into_owned()
     } else if let Some(text) = panic.downcast_ref::<String>() {
-        text.clone()
+        crate::clip::clip(text).into_owned()
     } else {
         "(no message)".to_string()
     }

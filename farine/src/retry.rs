@@ -12,6 +12,7 @@
 //! declare it plainly. A failed message is acked only after its copy was confirmed.
 
 use crate::broker::{Broker, QueueOptions};
+use crate::clip::clip;
 use crate::config::ServiceConfig;
 use crate::Result;
 use lapin::message::Delivery;
@@ -25,6 +26,8 @@ pub(crate) const ORIGINAL_EXCHANGE: &str = "x-farine-original-exchange";
 pub(crate) const ORIGINAL_ROUTING_KEY: &str = "x-farine-original-routing-key";
 pub(crate) const QUEUE: &str = "x-farine-queue";
 pub(crate) const FAILED_AT: &str = "x-farine-failed-at";
+/// What every header of farine's starts with; a sender's are dropped (see [`Origin`]).
+pub(crate) const FARINE_PREFIX: &str = "x-farine-";
 
 /// Retries after the first failure, with a doubling delay capped at `max_delay`.
 #[derive(Clone, Debug)]
@@ -101,7 +104,71 @@ pub(crate) async fn declare_dead_letter_queue(channel: &Channel, queue: &str) ->
     Broker::declare_queue(channel, &dead_letter_queue(queue), &durable, None).await
 }
 
-/// How many times this message was already retried.
+/// Where a failed delivery came from and how often it was tried, as farine may trust it.
+///
+/// `x-farine-*` headers are farine's own: a sender can write them too, so the attempts are
+/// believed only on a message that came back from one of this queue's own delay queues (the
+/// broker dead-lettered it to the default exchange with the queue's name, and its newest
+/// `x-death` entry names `<queue>.retry.*`). Every other delivery counts as a first arrival:
+/// its attempts start at 0 and its origin is the exchange and routing key it arrived by (or,
+/// when it was put straight into the queue, as a replay does, what its headers say: nothing
+/// routes by them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Origin {
+    pub exchange: String,
+    pub routing_key: String,
+    /// Retries already done.
+    pub attempts: u32,
+}
+
+impl Origin {
+    pub fn of(delivery: &Delivery, queue: &str) -> Origin {
+        let properties = &delivery.properties;
+        let arrived = || Origin {
+            exchange: delivery.exchange.as_str().to_string(),
+            routing_key: delivery.routing_key.as_str().to_string(),
+            attempts: 0,
+        };
+        let first = arrived();
+        let retried = came_back_from_retry(delivery, queue);
+        // Put straight into this queue (a retry, or `farine dlq replay`): the origin headers
+        // only describe it (nothing routes by them), so they are kept for the next parking.
+        let direct =
+            delivery.exchange.as_str().is_empty() && delivery.routing_key.as_str() == queue;
+        if !retried && !direct {
+            return first;
+        }
+        Origin {
+            exchange: header_text(properties, ORIGINAL_EXCHANGE).unwrap_or(first.exchange),
+            routing_key: header_text(properties, ORIGINAL_ROUTING_KEY).unwrap_or(first.routing_key),
+            attempts: if retried { attempts(properties) } else { 0 },
+        }
+    }
+}
+
+/// Whether the broker dead-lettered this delivery to `queue` from one of its delay queues.
+fn came_back_from_retry(delivery: &Delivery, queue: &str) -> bool {
+    if !delivery.exchange.as_str().is_empty() || delivery.routing_key.as_str() != queue {
+        return false;
+    }
+    let Some(AMQPValue::FieldArray(deaths)) = header(&delivery.properties, "x-death") else {
+        return false;
+    };
+    // The broker keeps the most recent death first.
+    let Some(AMQPValue::FieldTable(newest)) = deaths.as_slice().first() else {
+        return false;
+    };
+    let field = |key: &str| match newest.inner().get(key) {
+        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
+        _ => None,
+    };
+    let retry_prefix = format!("{queue}.retry.");
+    field("reason").as_deref() == Some("expired")
+        && field("queue").is_some_and(|q| q.starts_with(&retry_prefix))
+}
+
+/// How many times this message was already retried, by its `x-farine-attempts` header.
 pub(crate) fn attempts(properties: &BasicProperties) -> u32 {
     header(properties, ATTEMPTS)
         .and_then(|value| match value {
@@ -122,7 +189,8 @@ fn header<'a>(properties: &'a BasicProperties, key: &str) -> Option<&'a AMQPValu
         .and_then(|headers| headers.inner().get(key))
 }
 
-fn header_text(properties: &BasicProperties, key: &str) -> Option<String> {
+/// A text header (long or short string), as farine writes them.
+pub(crate) fn header_text(properties: &BasicProperties, key: &str) -> Option<String> {
     match header(properties, key)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
@@ -130,26 +198,82 @@ fn header_text(properties: &BasicProperties, key: &str) -> Option<String> {
     }
 }
 
-/// Copies the delivery's properties with farine's headers set; the original exchange and
-/// routing key are kept from the first failure on.
-fn annotated(delivery: &Delivery, queue: &str, extra: &[(&str, AMQPValue)]) -> BasicProperties {
-    let properties = &delivery.properties;
-    let mut headers = properties.headers().clone().unwrap_or_default();
-    if header_text(properties, ORIGINAL_EXCHANGE).is_none() {
-        headers.insert(
-            ORIGINAL_EXCHANGE.into(),
-            AMQPValue::LongString(delivery.exchange.as_str().into()),
-        );
-        headers.insert(
-            ORIGINAL_ROUTING_KEY.into(),
-            AMQPValue::LongString(delivery.routing_key.as_str().into()),
-        );
+/// The sender's headers without any `x-farine-*` one.
+pub(crate) fn foreign_headers(properties: &BasicProperties) -> FieldTable {
+    let mut kept = FieldTable::default();
+    if let Some(headers) = properties.headers() {
+        for (key, value) in headers.inner() {
+            if !key.as_str().starts_with(FARINE_PREFIX) {
+                kept.insert(key.clone(), value.clone());
+            }
+        }
     }
+    kept
+}
+
+/// The properties of a copy farine keeps (a retry or a parked message): the sender's content
+/// properties and headers, farine's headers, always persistent, and never the sender's
+/// `expiration` (a parked message stays until someone replays or deletes it) nor `user_id`
+/// (the broker checks it against the publishing connection's user).
+pub(crate) fn kept_properties(
+    properties: &BasicProperties,
+    headers: FieldTable,
+) -> BasicProperties {
+    let mut kept = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    if let Some(v) = properties.content_type() {
+        kept = kept.with_content_type(v.clone());
+    }
+    if let Some(v) = properties.content_encoding() {
+        kept = kept.with_content_encoding(v.clone());
+    }
+    if let Some(v) = properties.priority() {
+        kept = kept.with_priority(*v);
+    }
+    if let Some(v) = properties.correlation_id() {
+        kept = kept.with_correlation_id(v.clone());
+    }
+    if let Some(v) = properties.reply_to() {
+        kept = kept.with_reply_to(v.clone());
+    }
+    if let Some(v) = properties.message_id() {
+        kept = kept.with_message_id(v.clone());
+    }
+    if let Some(v) = properties.timestamp() {
+        kept = kept.with_timestamp(*v);
+    }
+    if let Some(v) = properties.kind() {
+        kept = kept.with_type(v.clone());
+    }
+    if let Some(v) = properties.app_id() {
+        kept = kept.with_app_id(v.clone());
+    }
+    kept
+}
+
+/// The properties of a failed delivery's copy: the sender's, with farine's headers (origin,
+/// queue, and `extra`) in place of any `x-farine-*` the sender wrote.
+fn annotated(
+    delivery: &Delivery,
+    origin: &Origin,
+    queue: &str,
+    extra: &[(&str, AMQPValue)],
+) -> BasicProperties {
+    let mut headers = foreign_headers(&delivery.properties);
+    headers.insert(
+        ORIGINAL_EXCHANGE.into(),
+        AMQPValue::LongString(origin.exchange.as_str().into()),
+    );
+    headers.insert(
+        ORIGINAL_ROUTING_KEY.into(),
+        AMQPValue::LongString(origin.routing_key.as_str().into()),
+    );
     headers.insert(QUEUE.into(), AMQPValue::LongString(queue.into()));
     for (key, value) in extra {
         headers.insert(ShortString::from(*key), value.clone());
     }
-    properties.clone().with_headers(headers)
+    kept_properties(&delivery.properties, headers)
 }
 
 /// Schedules a retry of a failed delivery, or dead-letters it after its last attempt.
@@ -161,10 +285,12 @@ pub(crate) async fn retry_or_dead_letter(
     reason: &str,
     policy: &RetryPolicy,
 ) -> Result<()> {
-    let done = attempts(&delivery.properties);
+    let origin = Origin::of(delivery, queue);
+    let done = origin.attempts;
     if done >= policy.attempts {
         return dead_letter(broker, queue, delivery, reason, done + 1).await;
     }
+    let reason = clip(reason);
     let delay_ms = policy.delay_ms(done);
     tracing::warn!(
         queue,
@@ -175,10 +301,11 @@ pub(crate) async fn retry_or_dead_letter(
     );
     let properties = annotated(
         delivery,
+        &origin,
         queue,
         &[
             (ATTEMPTS, AMQPValue::LongLongInt(i64::from(done + 1))),
-            (ERROR, AMQPValue::LongString(LongString::from(reason))),
+            (ERROR, AMQPValue::LongString(LongString::from(&*reason))),
         ],
     );
     broker
@@ -201,14 +328,17 @@ pub(crate) async fn dead_letter(
     attempts: u32,
 ) -> Result<()> {
     let dlq = dead_letter_queue(queue);
+    let origin = Origin::of(delivery, queue);
+    let reason = clip(reason);
     tracing::error!(queue, delivery_tag = delivery.delivery_tag, attempts, dead_letter_queue = %dlq, "message dead-lettered: {reason}");
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let properties = annotated(
         delivery,
+        &origin,
         queue,
         &[
             (ATTEMPTS, AMQPValue::LongLongInt(i64::from(attempts))),
-            (ERROR, AMQPValue::LongString(LongString::from(reason))),
+            (ERROR, AMQPValue::LongString(LongString::from(&*reason))),
             (FAILED_AT, AMQPValue::LongString(LongString::from(now))),
         ],
     );

@@ -5,10 +5,11 @@
 use crate::broker::{Broker, QueueOptions};
 use crate::config::{ExchangeKind, ServiceConfig};
 use crate::context::ServiceContext;
-use crate::deliveries::Subscription;
+use crate::deliveries::{Declare, Subscription};
 use crate::registry::{ConsumeEntry, Outcome};
 use crate::retry::{self, RetryPolicy};
 use crate::{Error, Result};
+use futures::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::FieldTable;
@@ -53,26 +54,46 @@ pub(crate) async fn attach(
         None => ExchangeKind::Direct,
     };
     let channel = broker.consume_channel(prefetch).await?;
-    if settings.auto_declare {
-        broker
-            .declare_exchange(spec.exchange, kind, settings.durable, settings.auto_delete)
-            .await?;
+    let policy = RetryPolicy::from_settings(settings);
+    let declare: Declare = {
+        let broker = broker.clone();
+        let (exchange, routing_key) = (spec.exchange, spec.routing_key);
+        let queue = queue.clone();
+        let policy = policy.clone();
+        let auto_declare = settings.auto_declare;
+        let (durable, auto_delete) = (settings.durable, settings.auto_delete);
         let options = QueueOptions {
-            durable: settings.durable,
+            durable,
             exclusive: settings.exclusive,
-            auto_delete: settings.auto_delete,
+            auto_delete,
             arguments: FieldTable::default(),
         };
-        Broker::declare_queue(
-            &channel,
-            &queue,
-            &options,
-            Some((spec.exchange, spec.routing_key)),
-        )
-        .await?;
-    }
-    let policy = RetryPolicy::from_settings(settings);
-    retry::declare(&channel, &queue, &policy).await?;
+        Arc::new(move |channel| {
+            let (broker, queue, policy, options) = (
+                broker.clone(),
+                queue.clone(),
+                policy.clone(),
+                options.clone(),
+            );
+            async move {
+                if auto_declare {
+                    broker
+                        .declare_exchange(exchange, kind, durable, auto_delete)
+                        .await?;
+                    Broker::declare_queue(
+                        &channel,
+                        &queue,
+                        &options,
+                        Some((exchange, routing_key)),
+                    )
+                    .await?;
+                }
+                retry::declare(&channel, &queue, &policy).await
+            }
+            .boxed()
+        })
+    };
+    let subscription = Subscription::start(label.clone(), queue.clone(), channel, declare).await?;
     tracing::info!(entry_point = %label, queue = %queue, exchange = spec.exchange, routing_key = spec.routing_key, prefetch, "consumer attached");
     let max_message_bytes = settings.max_message_bytes;
     let shared = Arc::new(Shared {
@@ -84,7 +105,7 @@ pub(crate) async fn attach(
         max_message_bytes,
     });
     Ok(Attached {
-        subscription: Subscription::start(label, queue, channel).await?,
+        subscription,
         shared,
     })
 }

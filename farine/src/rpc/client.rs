@@ -90,7 +90,11 @@ impl Client {
 
     /// A client on an existing broker connection (a service's own).
     pub(crate) async fn with_broker(broker: Arc<Broker>, config: Arc<Config>) -> Result<Client> {
-        let reply_queue = format!("farine.reply.{}", uuid::Uuid::new_v4().simple());
+        let reply_queue = format!(
+            "{}{}",
+            super::server::REPLY_QUEUE_PREFIX,
+            uuid::Uuid::new_v4().simple()
+        );
         let (channel, consumer) = broker.private_queue(&reply_queue, None).await?;
         let pending: Pending = Arc::default();
         let dispatcher = tokio::spawn(dispatch(
@@ -349,7 +353,13 @@ impl Drop for CallGuard {
         };
         let broker = self.client.inner.broker.clone();
         let exchange = std::mem::take(&mut self.service);
-        let body = serde_json::json!({ "correlation_id": self.correlation_id }).to_string();
+        let cancel = super::server::Cancel {
+            correlation_id: std::mem::take(&mut self.correlation_id),
+            reply_to: self.client.inner.reply_queue.clone(),
+        };
+        let Ok(body) = serde_json::to_string(&cancel) else {
+            return;
+        };
         handle.spawn(async move {
             let routing_key = super::server::cancel_key(&exchange);
             let properties =

@@ -31,10 +31,11 @@ pub struct ErrorInfo {
 }
 
 impl ErrorInfo {
+    /// An error of `kind`; the message is clipped (it may quote what a caller sent).
     pub fn new(kind: &str, message: impl Into<String>) -> Self {
         ErrorInfo {
             kind: kind.to_string(),
-            message: message.into(),
+            message: crate::clip::clip_owned(message.into()),
             data: None,
         }
     }
@@ -77,7 +78,19 @@ pub fn item<T: Serialize + ?Sized>(value: &T) -> Frame {
 
 pub const END: &[u8] = br#"{"__end__": true}"#;
 
+/// Encodes an error frame; its text is clipped however the [`ErrorInfo`] was made.
 pub fn error_bytes(info: &ErrorInfo) -> Vec<u8> {
+    let clipped;
+    let info = match crate::clip::clip(&info.message) {
+        std::borrow::Cow::Borrowed(_) => info,
+        std::borrow::Cow::Owned(message) => {
+            clipped = ErrorInfo {
+                message,
+                ..info.clone()
+            };
+            &clipped
+        }
+    };
     serde_json::to_vec(&ErrorOut {
         __except__: &info.message,
         __error__: info,

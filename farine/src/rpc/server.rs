@@ -6,9 +6,10 @@
 use super::args::Args;
 use super::frame::{self, kind, ErrorInfo, Frame};
 use crate::broker::{Broker, QueueOptions};
+use crate::clip::clip;
 use crate::config::ServiceConfig;
 use crate::context::ServiceContext;
-use crate::deliveries::Subscription;
+use crate::deliveries::{Declare, Subscription};
 use crate::registry::panic_text;
 use crate::retry;
 use crate::{Error, Result};
@@ -98,24 +99,36 @@ pub(crate) async fn attach(
     let queue = queue_name(service, entry.spec.method);
     let prefetch = entry.spec.concurrency.unwrap_or(settings.concurrency);
     let channel = broker.consume_channel(prefetch).await?;
-    if settings.auto_declare {
-        broker
-            .declare_exchange(
-                service,
-                settings.exchange_type,
-                settings.durable,
-                settings.auto_delete,
-            )
-            .await?;
+    let declare: Declare = {
+        let broker = broker.clone();
+        let queue = queue.clone();
+        let auto_declare = settings.auto_declare;
+        let (kind, durable, auto_delete) = (
+            settings.exchange_type,
+            settings.durable,
+            settings.auto_delete,
+        );
         let options = QueueOptions {
-            durable: settings.durable,
+            durable,
             exclusive: settings.exclusive,
-            auto_delete: settings.auto_delete,
+            auto_delete,
             arguments: FieldTable::default(),
         };
-        Broker::declare_queue(&channel, &queue, &options, Some((service, &queue))).await?;
-    }
-    retry::declare_dead_letter_queue(&channel, &queue).await?;
+        Arc::new(move |channel| {
+            let (broker, queue, options) = (broker.clone(), queue.clone(), options.clone());
+            async move {
+                if auto_declare {
+                    broker
+                        .declare_exchange(service, kind, durable, auto_delete)
+                        .await?;
+                    Broker::declare_queue(&channel, &queue, &options, Some((service, &queue)))
+                        .await?;
+                }
+                retry::declare_dead_letter_queue(&channel, &queue).await
+            }
+            .boxed()
+        })
+    };
     if let Some(exchange) = entry.spec.broadcast {
         broker
             .declare_exchange(
@@ -126,9 +139,10 @@ pub(crate) async fn attach(
             )
             .await?;
     }
+    let subscription = Subscription::start(label.clone(), queue.clone(), channel, declare).await?;
     tracing::info!(entry_point = %label, queue = %queue, prefetch, "rpc method attached");
     Ok(Attached {
-        subscription: Subscription::start(label, queue.clone(), channel).await?,
+        subscription,
         shared: Arc::new(Shared {
             entry,
             context,
@@ -219,6 +233,16 @@ async fn serve(
         settle(&delivery, parked.is_ok()).await;
         return;
     };
+    if !is_reply_queue(&reply_to) {
+        let reason = format!(
+            "{label}: reply_to {:?} is not a reply queue (expected amq.rabbitmq.reply-to, \
+             farine.reply.<32 hex digits> or <32 hex digits>): refusing to publish into it",
+            clip(&reply_to)
+        );
+        let parked = retry::dead_letter(broker, &shared.queue, &delivery, &reason, 1).await;
+        settle(&delivery, parked.is_ok()).await;
+        return;
+    }
     let mut properties = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(1);
@@ -282,10 +306,10 @@ async fn serve(
                 }
             }
             Call::Stream(stream) => {
-                let cancel = shared.context.streams.register(&correlation_id);
+                let cancel = shared.context.streams.register(&correlation_id, &reply_to);
                 let result =
                     stream_frames(&label, stream, &mut replier, &cancel, &shutdown, grace).await;
-                shared.context.streams.remove(&correlation_id);
+                shared.context.streams.remove(&correlation_id, &reply_to);
                 result
             }
         }
@@ -407,6 +431,29 @@ async fn settle(delivery: &Delivery, done: bool) {
     }
 }
 
+/// A caller's request to stop a stream: both the call's correlation id and its `reply_to`
+/// must match (a direct reply-to name cannot be guessed, so neither can such a cancel).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct Cancel {
+    pub correlation_id: String,
+    #[serde(default)]
+    pub reply_to: String,
+}
+
+/// Whether `name` is a reply queue a service may answer into: RabbitMQ's direct reply-to,
+/// a farine client's `farine.reply.<32 hex>`, or Python farine's `uuid4().hex`. Anything else
+/// (an entry point's queue, any other queue) is refused: a caller does not choose where a
+/// service publishes.
+pub(crate) fn is_reply_queue(name: &str) -> bool {
+    let hex32 = |s: &str| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    name == "amq.rabbitmq.reply-to"
+        || name.starts_with("amq.rabbitmq.reply-to.")
+        || hex32(name.strip_prefix(REPLY_QUEUE_PREFIX).unwrap_or(name))
+}
+
+/// The prefix of a farine client's reply queue, followed by 32 hex digits.
+pub(crate) const REPLY_QUEUE_PREFIX: &str = "farine.reply.";
+
 /// Routing key on the service exchange where callers ask to stop a stream (an extension:
 /// Python farine servers never bind it, so the request is simply dropped).
 pub(crate) fn cancel_key(service: &str) -> String {
@@ -435,12 +482,10 @@ pub(crate) async fn listen_for_cancels(
                     _ => return,
                 },
             };
-            #[derive(serde::Deserialize)]
-            struct Cancel {
-                correlation_id: String,
-            }
             if let Ok(cancel) = serde_json::from_slice::<Cancel>(&delivery.data) {
-                context.streams.cancel(&cancel.correlation_id);
+                context
+                    .streams
+                    .cancel(&cancel.correlation_id, &cancel.reply_to);
             }
         }
     }))

@@ -107,13 +107,26 @@ impl Raw {
     }
 
     pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) {
+        let properties = BasicProperties::default().with_content_type("application/json".into());
+        self.publish_with(exchange, routing_key, body, properties)
+            .await;
+    }
+
+    /// Publishes with the given properties (as a hostile or foreign sender would).
+    pub async fn publish_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) {
         self.channel
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
                 BasicPublishOptions::default(),
                 body,
-                BasicProperties::default().with_content_type("application/json".into()),
+                properties,
             )
             .await
             .expect("publish")
