@@ -113,3 +113,24 @@ fn detail(letter: &DeadLetter) -> String {
     })
     .to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_lines_escape_control_characters() {
+        let letter = DeadLetter {
+            body: b"\x1b[2J\x07evil\rline".to_vec(),
+            error: Some("bad\x1b]0;title\x07".into()),
+            attempts: 1,
+            original_exchange: Some("calc".into()),
+            original_routing_key: Some("ops\x1b".into()),
+            failed_at: None,
+        };
+        let listed = line(1, &letter);
+        assert!(!listed.chars().any(char::is_control), "{listed:?}");
+        assert!(listed.contains(r"\u{1b}[2J\u{7}evil\rline"), "{listed}");
+        assert!(listed.contains(r"bad\u{1b}]0;title\u{7}"), "{listed}");
+    }
+}
