@@ -27,11 +27,12 @@ fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(value.into())
 }
 
-/// Every queue a consumer on `queue` declares with `retry_delay = 100ms`.
+/// Every queue a consumer on `queue` declares with `retry_delay = 100ms` (3 attempts at most).
 async fn clean_consumer(raw: &Raw, queue: &str, exchange: &str) {
-    let dlq = format!("{queue}.dlq");
-    let retry = format!("{queue}.retry.100ms");
-    raw.delete_queues(&[queue, &dlq, &retry]).await;
+    let mut names = vec![queue.to_string(), format!("{queue}.dlq")];
+    names.extend([100, 200, 400].map(|ms| format!("{queue}.retry.{ms}ms")));
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    raw.delete_queues(&names).await;
     raw.delete_exchanges(&[exchange]).await;
 }
 

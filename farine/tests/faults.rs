@@ -10,32 +10,7 @@ use serde_json::{json, Value};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use support::{config, eventually, Raw};
-
-fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl")
-        .args(args)
-        .status()
-        .expect("rabbitmqctl runs (it ships with rabbitmq-server)");
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
-}
-
-/// Starts the broker's application again when dropped, so a failing test leaves it running.
-struct BrokerStopped;
-
-impl BrokerStopped {
-    fn stop() -> BrokerStopped {
-        rabbitmqctl(&["stop_app"]);
-        BrokerStopped
-    }
-}
-
-impl Drop for BrokerStopped {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").arg("start_app").status();
-        let _ = Command::new("rabbitmqctl").args(["await_startup"]).status();
-    }
-}
+use support::{config, eventually, BrokerStopped, Raw};
 
 static HEARD: Mutex<Vec<i64>> = Mutex::new(Vec::new());
 
@@ -106,7 +81,7 @@ async fn the_same_process_heals_after_a_broker_restart() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(running.is_ready());
-    let stopped = BrokerStopped::stop();
+    let stopped = BrokerStopped::now();
     let (result, waited) = in_flight.await.unwrap();
     let err = result.expect_err("the connection was lost");
     assert!(matches!(err, farine::Error::Disconnected { .. }), "{err}");
