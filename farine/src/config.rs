@@ -18,7 +18,11 @@
 //! - **Secrets.** Passwords never reach a log line or `Debug` output: [`AmqpUri`] hides its
 //!   password, and [`ServiceConfig`]'s `Debug` hides URI passwords and every value whose key looks
 //!   secret (`password`, `secret`, `token`, `auth`, `api_key`, headers).
-//! - **Typos.** A key farine does not know is logged once as a warning and otherwise ignored.
+//! - **Typos.** A key farine does not know is an error in a service's section (with the closest
+//!   known key as a suggestion) and a warning, logged once, in `[DEFAULT]` (which other programs
+//!   sharing the file may use).
+//! - **Bounds.** Every number is range-checked (`retry_attempts` at most 100, durations at most
+//!   7 days, `max_message_bytes` at most 512 MiB), and a file over 1 MiB is refused unread.
 //!
 //! ```
 //! use farine::config::{Config, ExchangeKind};
@@ -40,6 +44,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Mutex, OnceLock};
@@ -58,7 +63,8 @@ pub const DEFAULT_PATH: &str = "/etc/farine.ini";
 /// `[DEFAULT]` as stored (names are lowercased on load).
 const DEFAULT_SECTION: &str = "default";
 
-/// Keys some part of farine reads; anything else in a section draws a warning.
+/// Keys some part of farine reads; anything else is an error in a service's section and a
+/// warning in `[DEFAULT]`.
 const KNOWN_KEYS: &[&str] = &[
     "amqp_uri",
     "type",
@@ -87,6 +93,7 @@ const KNOWN_KEYS: &[&str] = &[
     "db_max_conn",
     "db_stale_timeout",
     "db_timeout",
+    "db_stream_share",
     "headers",
     "idle_timeout",
     "retry",
@@ -94,8 +101,8 @@ const KNOWN_KEYS: &[&str] = &[
     "amqp_ca_file",
 ];
 
-/// Key prefixes other modules own (database settings, SSE request headers).
-const KNOWN_PREFIXES: &[&str] = &["header.", "db_"];
+/// Key prefixes other modules own (SSE request headers).
+const KNOWN_PREFIXES: &[&str] = &["header."];
 
 /// Substrings of key names whose values are never shown.
 const SECRET_KEY_PARTS: &[&str] = &[
@@ -111,6 +118,21 @@ const DEFAULT_RETRY_ATTEMPTS: u32 = 3;
 const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
 const DEFAULT_RETRY_MAX_DELAY: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The largest configuration file read: a farine.ini is a few KiB, and reading stops here so
+/// that a wrong `FARINE_INI` (a log, `/dev/zero`) cannot exhaust memory.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The most `retry_attempts`: each distinct delay is a queue, and more than this many retries
+/// of one message is a loop, not a retry policy.
+pub const MAX_RETRY_ATTEMPTS: u32 = 100;
+
+/// The longest duration any key accepts. Far above any sane timeout, and below RabbitMQ's
+/// limit on a queue's message TTL (used for retry delays) and the range of a clock instant.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// The largest `max_message_bytes`: RabbitMQ refuses bodies over 512 MiB whatever its settings.
+pub const MAX_MESSAGE_BYTES_LIMIT: usize = 512 * 1024 * 1024;
 
 /// One INI section: its name as written (for error messages) and its lowercased keys.
 #[derive(Clone)]
@@ -156,8 +178,8 @@ impl Config {
         }
     }
 
-    /// Loads an INI file. A missing or unreadable file, or one that is not valid INI, is an
-    /// [`Error::ConfigFile`].
+    /// Loads an INI file. A missing or unreadable file, one over [`MAX_FILE_BYTES`], or one
+    /// that is not valid INI, is an [`Error::ConfigFile`].
     ///
     /// ```
     /// let err = farine::config::Config::load("/nonexistent/farine.ini").unwrap_err();
@@ -165,11 +187,30 @@ impl Config {
     /// ```
     pub fn load(path: impl AsRef<Path>) -> Result<Config> {
         let path = path.as_ref();
+        let file_error = |message: String| Error::ConfigFile {
+            file: path.to_path_buf(),
+            message,
+        };
         // Read the file ourselves rather than through `config::File::new`: that would also
         // try `path.ini`, needs a UTF-8 path, and reports a missing file less helpfully.
-        let text = std::fs::read_to_string(path).map_err(|err| Error::ConfigFile {
-            file: path.to_path_buf(),
-            message: read_error_message(path, &err),
+        // One byte more than the limit tells a file at the limit from a larger one.
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(|err| file_error(read_error_message(path, &err)))?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(file_error(format!(
+                "configuration file {} is larger than {} KiB: expected a farine.ini of a few KiB \
+                 (is {ENV_VAR} pointing at the right file?)",
+                path.display(),
+                MAX_FILE_BYTES / 1024
+            )));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| {
+            file_error(format!(
+                "configuration file {} is not UTF-8 text",
+                path.display()
+            ))
         })?;
         Config::from_str(&text, path)
     }
@@ -368,6 +409,9 @@ impl Config {
             substituted.insert(key.clone(), value);
         }
         svc.raw = substituted;
+        if let Some(section) = section {
+            svc.check_keys(section)?;
+        }
 
         svc.amqp_uri = svc.resolve_amqp_uri()?;
         if let Some(kind) = svc.typed("type", ExchangeKind::EXPECTED, |v| v.parse().ok())? {
@@ -399,15 +443,16 @@ impl Config {
         }
         if let Some(n) = svc.typed(
             "retry_attempts",
-            "a whole number from 0 to 4294967295",
-            |v| parse_uint(v, 0, u32::MAX.into()).and_then(|n| u32::try_from(n).ok()),
+            &format!("a whole number from 0 to {MAX_RETRY_ATTEMPTS}"),
+            |v| parse_uint(v, 0, MAX_RETRY_ATTEMPTS.into()).and_then(|n| u32::try_from(n).ok()),
         )? {
             svc.retry_attempts = n;
         }
         svc.shutdown_grace = svc.duration_or("shutdown_grace", svc.shutdown_grace)?;
         if let Some(d) = svc.typed(
             "rpc_timeout",
-            "a duration greater than zero such as 30s, 500ms or 2m, or a number of seconds",
+            "a duration greater than zero and at most 7 days, such as 30s, 500ms or 2m, or a \
+             number of seconds",
             |v| parse_duration(v).filter(|d| !d.is_zero()),
         )? {
             svc.rpc_timeout = d;
@@ -416,8 +461,8 @@ impl Config {
         svc.retry_max_delay = svc.duration_or("retry_max_delay", svc.retry_max_delay)?;
         if let Some(n) = svc.typed(
             "max_message_bytes",
-            "a number of bytes greater than zero, optionally with a KiB, MiB or GiB suffix",
-            parse_bytes,
+            "a number of bytes from 1 to 512MiB, optionally with a KiB, MiB or GiB suffix",
+            |v| parse_bytes(v).filter(|&n| n <= MAX_MESSAGE_BYTES_LIMIT),
         )? {
             svc.max_message_bytes = n;
         }
@@ -427,26 +472,29 @@ impl Config {
         Ok(svc)
     }
 
-    /// Warns once per process about each key no part of farine reads (likely a typo).
+    /// Warns once per process about each key of `[DEFAULT]` no part of farine reads (likely a
+    /// typo; a service's section is checked, with an error, by [`Config::service`]).
     fn warn_unknown_keys(&self) {
         static WARNED: OnceLock<Mutex<HashSet<(PathBuf, String, String)>>> = OnceLock::new();
         let warned = WARNED.get_or_init(Default::default);
-        for section in std::iter::once(&self.defaults).chain(self.sections.values()) {
-            for key in section.values.keys().filter(|key| !is_known_key(key)) {
-                let entry = (self.path.clone(), section.name.clone(), key.clone());
-                // A poisoned lock only means another thread panicked while warning.
-                let first = warned
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .insert(entry);
-                if first {
-                    tracing::warn!(
-                        "{} [{}] {}: unknown configuration key, ignored (misspelt?)",
-                        self.path.display(),
-                        section.name,
-                        key,
-                    );
-                }
+        let section = &self.defaults;
+        for key in section.values.keys().filter(|key| !is_known_key(key)) {
+            let entry = (self.path.clone(), section.name.clone(), key.clone());
+            // A poisoned lock only means another thread panicked while warning.
+            let first = warned
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(entry);
+            if first {
+                tracing::warn!(
+                    "{} [{}] {}: unknown configuration key, ignored{}",
+                    self.path.display(),
+                    section.name,
+                    key,
+                    suggestion(key)
+                        .map(|known| format!(" (did you mean {known}?)"))
+                        .unwrap_or_default(),
+                );
             }
         }
     }
@@ -664,10 +712,29 @@ impl ServiceConfig {
     }
 
     fn duration_or(&self, key: &str, default: Duration) -> Result<Duration> {
-        let expected = "a duration such as 30s, 500ms or 2m, or a number of seconds";
-        Ok(self
-            .typed(key, expected, parse_duration)?
-            .unwrap_or(default))
+        Ok(self.duration(key)?.unwrap_or(default))
+    }
+
+    /// A duration key of any module (at most [`MAX_DURATION`]): `None` when unset or empty.
+    pub(crate) fn duration(&self, key: &str) -> Result<Option<Duration>> {
+        let expected =
+            "a duration of at most 7 days, such as 30s, 500ms or 2m, or a number of seconds";
+        self.typed(key, expected, parse_duration)
+    }
+
+    /// An error for the first key of the service's own section that no part of farine reads,
+    /// suggesting the closest known key.
+    fn check_keys(&self, section: &Section) -> Result<()> {
+        match section.values.keys().find(|key| !is_known_key(key)) {
+            None => Ok(()),
+            Some(key) => {
+                let hint = match suggestion(key) {
+                    Some(known) => format!("did you mean {known}?"),
+                    None => "farine.ini.example lists every key".to_owned(),
+                };
+                Err(self.error(key, format!("unknown configuration key ({hint})")))
+            }
+        }
     }
 
     fn resolve_amqp_uri(&self) -> Result<AmqpUri> {
@@ -921,9 +988,6 @@ fn read_error_message(path: &Path, err: &std::io::Error) -> String {
             path.display(),
             path.display()
         ),
-        std::io::ErrorKind::InvalidData => {
-            format!("configuration file {} is not UTF-8 text", path.display())
-        }
         _ => format!("cannot read configuration file {}: {err}", path.display()),
     }
 }
@@ -943,6 +1007,34 @@ fn ini_error(err: &config::ConfigError) -> String {
 
 fn is_known_key(key: &str) -> bool {
     KNOWN_KEYS.contains(&key) || KNOWN_PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
+/// The known key closest to a misspelt one, if one is close enough to be what was meant.
+fn suggestion(key: &str) -> Option<&'static str> {
+    KNOWN_KEYS
+        .iter()
+        .map(|known| (edit_distance(key, known), *known))
+        .filter(|&(distance, known)| distance <= 3 && distance < known.len().min(key.len()))
+        .min()
+        .map(|(_, known)| known)
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 /// A value as it may be shown in an error or `Debug`: hidden entirely if its key looks secret,
@@ -1028,13 +1120,14 @@ fn parse_bool(value: &str) -> Option<bool> {
 }
 
 /// A humantime duration ("30s", "500ms", "1h 30m") or a plain, possibly fractional, number
-/// of seconds.
-fn parse_duration(value: &str) -> Option<Duration> {
-    if let Ok(secs) = value.parse::<f64>() {
+/// of seconds; at most [`MAX_DURATION`].
+pub(crate) fn parse_duration(value: &str) -> Option<Duration> {
+    let duration = match value.parse::<f64>() {
         // try_from_secs_f64 rejects negative, NaN and overflowing values.
-        return Duration::try_from_secs_f64(secs).ok();
-    }
-    humantime::parse_duration(value).ok()
+        Ok(secs) => Duration::try_from_secs_f64(secs).ok()?,
+        Err(_) => humantime::parse_duration(value).ok()?,
+    };
+    (duration <= MAX_DURATION).then_some(duration)
 }
 
 fn parse_uint(value: &str, min: u64, max: u64) -> Option<u64> {

@@ -1,6 +1,10 @@
 //! PostgreSQL per service: one sqlx pool built at start-up from the section's `db_*` keys, and
 //! per call a connection ([`Db`]) or a transaction ([`Tx`]) that the entry point commits when
 //! the method returned `Ok` and rolls back otherwise, before anything is acked or replied.
+//!
+//! A streaming method holds its connection for as long as its stream runs, so streams may
+//! hold at most `db_stream_share` connections at once (half the pool by default): the rest
+//! stay free for short calls.
 
 use crate::config::{redact_uri, ServiceConfig};
 use crate::{Error, Result};
@@ -8,7 +12,13 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The most `db_max_conn`: the pool sizes its bookkeeping by it, and PostgreSQL itself serves
+/// a few hundred connections at most by default.
+pub const MAX_CONNECTIONS: u32 = 10_000;
 
 /// The `db_*` keys of a section, checked.
 #[derive(Clone)]
@@ -17,6 +27,8 @@ pub struct DbSettings {
     /// Where the database is, for messages (never the password).
     shown: String,
     pub max_connections: u32,
+    /// `db_stream_share`: connections streaming methods may hold at once.
+    pub stream_connections: u32,
     pub idle_timeout: Option<Duration>,
     pub acquire_timeout: Duration,
 }
@@ -26,6 +38,7 @@ impl std::fmt::Debug for DbSettings {
         f.debug_struct("DbSettings")
             .field("database", &self.shown)
             .field("max_connections", &self.max_connections)
+            .field("stream_connections", &self.stream_connections)
             .field("idle_timeout", &self.idle_timeout)
             .field("acquire_timeout", &self.acquire_timeout)
             .finish()
@@ -35,18 +48,28 @@ impl std::fmt::Debug for DbSettings {
 impl DbSettings {
     /// The database settings of a section: `None` without `db_connector`. `db_url`, or
     /// `db_name`, `db_user`, `db_password`, `db_host` (required) and `db_port` (5432);
-    /// `db_max_conn` (10), `db_stale_timeout` (idle connections closed after, 10 min),
-    /// `db_timeout` (longest wait for a free connection, 5 s).
+    /// `db_max_conn` (10, at most 10000), `db_stale_timeout` (idle connections closed after,
+    /// 10 min), `db_timeout` (longest wait for a free connection, 5 s), `db_stream_share`
+    /// (connections streams may hold at once: a count, or a fraction of the pool such as 0.5;
+    /// default half the pool, at least 1).
+    ///
+    /// An empty `db_password` means no password (trust or peer authentication; as with libpq,
+    /// `PGPASSWORD` or `~/.pgpass` still apply).
     ///
     /// ```
     /// let config = farine::Config::from_str(
     ///     "[DEFAULT]\namqp_uri = amqp://localhost\n\
-    ///      [todo]\ndb_connector = postgres\ndb_url = postgres://me:secret@127.0.0.1/test\n",
+    ///      [todo]\ndb_connector = postgres\ndb_url = postgres://me:secret@127.0.0.1/test\n\
+    ///      [trusted]\ndb_connector = postgres\ndb_host = 127.0.0.1\ndb_name = test\n\
+    ///      db_user = postgres\ndb_password =\ndb_max_conn = 4\n",
     ///     "farine.ini",
     /// )?;
     /// let db = farine::db::DbSettings::from_settings(&config.service("todo")?)?.unwrap();
-    /// assert_eq!(db.max_connections, 10);
+    /// assert_eq!((db.max_connections, db.stream_connections), (10, 5));
     /// assert!(!format!("{db:?}").contains("secret"));
+    ///
+    /// let db = farine::db::DbSettings::from_settings(&config.service("trusted")?)?.unwrap();
+    /// assert_eq!((db.max_connections, db.stream_connections), (4, 2));
     /// # Ok::<(), farine::Error>(())
     /// ```
     pub fn from_settings(settings: &ServiceConfig) -> Result<Option<DbSettings>> {
@@ -83,23 +106,43 @@ impl DbSettings {
                 let port = settings
                     .parse::<u16>("db_port", "a port number from 1 to 65535")?
                     .unwrap_or(5432);
-                PgConnectOptions::new()
+                let options = PgConnectOptions::new()
                     .host(required("db_host")?)
                     .port(port)
                     .username(required("db_user")?)
-                    .password(required("db_password")?)
-                    .database(required("db_name")?)
+                    .database(required("db_name")?);
+                // Written but empty means "no password" (trust or peer authentication); only
+                // a missing key is an error, so a forgotten password is still noticed.
+                match settings.raw("db_password") {
+                    Some(password) if !password.is_empty() => options.password(password),
+                    Some(_) => options,
+                    None => {
+                        return Err(settings.error(
+                            "db_password",
+                            "missing: required with db_connector = postgres (or set db_url); \
+                             write \"db_password =\" for none",
+                        ))
+                    }
+                }
             }
         };
+        let expected = format!("a whole number of connections from 1 to {MAX_CONNECTIONS}");
         let max_connections = settings
-            .parse::<u32>("db_max_conn", "a whole number of connections, at least 1")?
+            .parse::<u32>("db_max_conn", &expected)?
             .unwrap_or(10);
-        if max_connections == 0 {
-            return Err(settings.error("db_max_conn", "expected at least 1, got 0"));
+        if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
+            return Err(settings.error(
+                "db_max_conn",
+                format!("expected {expected}, got {max_connections}"),
+            ));
         }
-        let idle_timeout =
-            duration(settings, "db_stale_timeout")?.or(Some(Duration::from_secs(600)));
-        let acquire_timeout = duration(settings, "db_timeout")?.unwrap_or(Duration::from_secs(5));
+        let stream_connections = stream_share(settings, max_connections)?;
+        let idle_timeout = settings
+            .duration("db_stale_timeout")?
+            .or(Some(Duration::from_secs(600)));
+        let acquire_timeout = settings
+            .duration("db_timeout")?
+            .unwrap_or(Duration::from_secs(5));
         let shown = format!(
             "postgres://{}@{}:{}/{}",
             options.get_username(),
@@ -111,32 +154,51 @@ impl DbSettings {
             options,
             shown,
             max_connections,
+            stream_connections,
             idle_timeout,
             acquire_timeout,
         }))
     }
 }
 
-fn duration(settings: &ServiceConfig, key: &str) -> Result<Option<Duration>> {
-    let Some(text) = settings.raw(key).filter(|v| !v.is_empty()) else {
-        return Ok(None);
+/// `db_stream_share`: a count of connections (`3`) or a fraction of the pool (`0.5`, `50%`),
+/// from 1 connection to the whole pool; half the pool when unset.
+fn stream_share(settings: &ServiceConfig, max_connections: u32) -> Result<u32> {
+    const KEY: &str = "db_stream_share";
+    let Some(text) = settings.raw(KEY).map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok((max_connections / 2).max(1));
     };
-    if let Ok(seconds) = text.parse::<f64>() {
-        if seconds.is_finite() && seconds >= 0.0 {
-            return Ok(Some(Duration::from_secs_f64(seconds)));
-        }
-    }
-    humantime::parse_duration(text).map(Some).map_err(|_| {
+    let bad = || {
         settings.error(
-            key,
-            format!("expected a duration such as 5s or 500ms, got {text:?}"),
+            KEY,
+            format!(
+                "expected a number of connections from 1 to db_max_conn = {max_connections}, \
+                 or a fraction of the pool such as 0.5 or 50%, got {text:?}"
+            ),
         )
-    })
+    };
+    let fraction = match text.strip_suffix('%') {
+        Some(percent) => Some(percent.trim().parse::<f64>().map_err(|_| bad())? / 100.0),
+        None if text.contains('.') => Some(text.parse::<f64>().map_err(|_| bad())?),
+        None => None,
+    };
+    let count = match fraction {
+        Some(f) if f > 0.0 && f <= 1.0 => (f * f64::from(max_connections)).floor().max(1.0) as u32,
+        Some(_) => return Err(bad()),
+        None => text.parse::<u32>().map_err(|_| bad())?,
+    };
+    if (1..=max_connections).contains(&count) {
+        Ok(count)
+    } else {
+        Err(bad())
+    }
 }
 
 /// A service's pool.
 pub struct Database {
     pool: PgPool,
+    /// Permits for the connections streams may hold (`db_stream_share`).
+    streams: Arc<Semaphore>,
     service: String,
     settings: DbSettings,
 }
@@ -157,6 +219,7 @@ impl Database {
                     tracing::info!(service, database = %settings.shown, max_connections = settings.max_connections, "database pool ready");
                     return Ok(Database {
                         pool,
+                        streams: Arc::new(Semaphore::new(settings.stream_connections as usize)),
                         service: service.to_string(),
                         settings,
                     });
@@ -192,8 +255,43 @@ impl Database {
         self.pool
             .acquire()
             .await
-            .map(Db)
+            .map(|conn| Db {
+                conn,
+                stream_permit: None,
+            })
             .map_err(|err| self.error(err))
+    }
+
+    /// A connection for a streaming method, held until its stream ends: first one of the
+    /// `db_stream_share` stream permits, then a connection, within `db_timeout` each.
+    pub async fn acquire_for_stream(&self) -> Result<Db> {
+        let permit = tokio::time::timeout(
+            self.settings.acquire_timeout,
+            self.streams.clone().acquire_owned(),
+        )
+        .await;
+        let permit = match permit {
+            Ok(Ok(permit)) => permit,
+            // The semaphore is never closed; treat it as the timeout anyway.
+            Ok(Err(_)) | Err(_) => {
+                return Err(Error::Database {
+                    service: self.service.clone(),
+                    message: format!(
+                        "{} streams already hold their share of the pool of {} (db_stream_share \
+                         = {} of db_max_conn = {}) and none ended within db_timeout = {}: raise \
+                         db_stream_share or db_max_conn, or retry later",
+                        self.settings.stream_connections,
+                        self.settings.shown,
+                        self.settings.stream_connections,
+                        self.settings.max_connections,
+                        humantime::format_duration(self.settings.acquire_timeout),
+                    ),
+                })
+            }
+        };
+        let mut db = self.acquire().await?;
+        db.stream_permit = Some(permit);
+        Ok(db)
     }
 
     /// A transaction for one call.
@@ -282,25 +380,31 @@ pub fn migrations_table(service: &str) -> String {
 ///     }
 /// }
 /// ```
-pub struct Db(PoolConnection<Postgres>);
+pub struct Db {
+    // Declared before the permit so the connection is back in the pool when the permit frees
+    // the next stream.
+    conn: PoolConnection<Postgres>,
+    /// A streaming method's share of the pool (`db_stream_share`), released with the stream.
+    stream_permit: Option<OwnedSemaphorePermit>,
+}
 
 impl Db {
     /// The connection, for sqlx queries: `.fetch_one(db.conn())`.
     pub fn conn(&mut self) -> &mut PgConnection {
-        &mut self.0
+        &mut self.conn
     }
 }
 
 impl Deref for Db {
     type Target = PgConnection;
     fn deref(&self) -> &PgConnection {
-        &self.0
+        &self.conn
     }
 }
 
 impl DerefMut for Db {
     fn deref_mut(&mut self) -> &mut PgConnection {
-        &mut self.0
+        &mut self.conn
     }
 }
 

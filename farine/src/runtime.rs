@@ -293,7 +293,7 @@ pub fn run() -> ExitCode {
     match runtime.block_on(serve()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{err}");
+            // Once, on stderr: logging it as well printed every start-up error twice.
             eprintln!("farine: {err}");
             ExitCode::FAILURE
         }

@@ -393,3 +393,102 @@ async fn a_method_that_needs_a_database_without_db_connector_stops_the_start() {
         .await;
     raw.delete_exchanges(&["t_db_missing"]).await;
 }
+
+// ---------------------------------------------------------------- streams and the pool
+
+#[derive(Default)]
+struct Ticker;
+
+#[farine::service(name = "t_db_share")]
+impl Ticker {
+    /// Holds its connection for as long as it runs: `count` items, 100 ms apart.
+    #[rpc::method]
+    fn ticks(
+        &self,
+        mut db: Db,
+        count: u32,
+    ) -> impl Stream<Item = farine::Result<i32>> + Send + 'static {
+        async_stream::stream! {
+            for _ in 0..count {
+                let row: Result<(i32,), _> = sqlx::query_as("select 1").fetch_one(db.conn()).await;
+                yield row.map(|(n,)| n).map_err(farine::Error::from);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    #[rpc::method]
+    async fn one(&self, mut db: Db) -> farine::Result<i32> {
+        let (n,): (i32,) = sqlx::query_as("select 1").fetch_one(db.conn()).await?;
+        Ok(n)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_leave_part_of_the_pool_to_short_calls() {
+    let raw = Raw::connect().await;
+    let queues = [
+        "t_db_share__ticks",
+        "t_db_share__ticks.dlq",
+        "t_db_share__one",
+        "t_db_share__one.dlq",
+    ];
+    // Requests a failed earlier run left would start streams that hold the share.
+    raw.delete_queues(&queues).await;
+    // With db_max_conn = 2, streams get half the pool: one connection.
+    let running = farine::Runtime::new(db_config(
+        "t_db_share",
+        "db_max_conn = 2\ndb_timeout = 1s\nshutdown_grace = 5s",
+    ))
+    .only(["t_db_share"])
+    .start()
+    .await
+    .expect("service starts with its pool");
+    let client = TickerClient::connect(&config("[t_db_share]\nrpc_timeout = 10s\n"))
+        .await
+        .unwrap();
+
+    let mut first = client.ticks(1000).await.unwrap();
+    assert_eq!(first.next().await.unwrap().unwrap(), 1);
+    // The second stream waits for the first one's share; meanwhile short calls are served
+    // (before db_stream_share, the second stream took the last connection and they failed).
+    let mut second = client.ticks(1000).await.unwrap();
+    // (The task keeps the stream: dropping it would cancel the call and free its connection.)
+    let waiting = tokio::spawn(async move { (second.next().await, second) });
+    // Time for the second stream to take a connection if it could.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        assert_eq!(client.one().await.unwrap(), 1);
+    }
+    let err = waiting
+        .await
+        .unwrap()
+        .0
+        .expect("an item or an error")
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("db_stream_share = 1 of db_max_conn = 2") && text.contains("db_timeout"),
+        "{text}"
+    );
+    assert_eq!(first.next().await.unwrap().unwrap(), 1);
+    assert_eq!(client.one().await.unwrap(), 1);
+
+    // Once the first stream is dropped, its share goes to the next stream.
+    drop(first);
+    let mut resumed = false;
+    for _ in 0..50 {
+        let items: Vec<_> = client.ticks(2).await.unwrap().collect().await;
+        if items.iter().all(Result::is_ok) {
+            assert_eq!(items.len(), 2);
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(resumed, "the dropped stream's share was released");
+
+    running.shutdown().await.unwrap();
+    raw.delete_queues(&queues).await;
+    raw.delete_exchanges(&["t_db_share"]).await;
+}

@@ -28,9 +28,22 @@ pub fn reply(frame: Frame, events: Option<&Broadcast>) -> Reply {
     }
 }
 
-/// The call's connection from the service's pool.
+tokio::task_local! {
+    /// Set while a streaming method's parameters are injected, so that its `Db`, held for the
+    /// whole stream, counts against the pool's `db_stream_share`. (A flag rather than another
+    /// injection function keeps the generated code the same for every kind of entry point.)
+    static STREAM_CALL: ();
+}
+
+/// The call's connection from the service's pool; for a streaming method, within the share
+/// of the pool streams may hold.
 pub async fn acquire_db(context: &ServiceContext) -> crate::Result<Db> {
-    context.database()?.acquire().await
+    let database = context.database()?;
+    if STREAM_CALL.try_with(|_| ()).is_ok() {
+        database.acquire_for_stream().await
+    } else {
+        database.acquire().await
+    }
 }
 
 /// The call's transaction.
@@ -80,7 +93,13 @@ pub fn streaming<F>(future: F) -> Call
 where
     F: Future<Output = BoxStream<'static, Frame>> + Send + 'static,
 {
-    Call::Stream(future.into_stream().flatten().boxed())
+    Call::Stream(
+        STREAM_CALL
+            .scope((), future)
+            .into_stream()
+            .flatten()
+            .boxed(),
+    )
 }
 
 /// Encodes each item of a method's stream; an error item ends the stream.

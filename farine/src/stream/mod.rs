@@ -385,12 +385,12 @@ impl ListenerSpec {
         }
         let idle_timeout = match settings.raw("idle_timeout").map(str::trim) {
             None | Some("") => DEFAULT_IDLE_TIMEOUT,
-            Some(value) => parse_duration(value).ok_or_else(|| {
+            Some(value) => crate::config::parse_duration(value).ok_or_else(|| {
                 settings.error(
                     "idle_timeout",
                     format!(
-                        "expected a duration such as 60s, 500ms or 2m, or a number of seconds \
-                         (0 disables it), got {value:?}"
+                        "expected a duration of at most 7 days such as 60s, 500ms or 2m, or a \
+                         number of seconds (0 disables it), got {value:?}"
                     ),
                 )
             })?,
@@ -422,13 +422,4 @@ fn check_url(url: &str) -> std::result::Result<(), String> {
         return Err("expected an http:// or https:// URL with a host".to_owned());
     }
     Ok(())
-}
-
-/// A humantime duration ("60s", "500ms", "2m") or a number of seconds, as everywhere in the
-/// configuration.
-fn parse_duration(value: &str) -> Option<Duration> {
-    if let Ok(secs) = value.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs).ok();
-    }
-    humantime::parse_duration(value).ok()
 }
