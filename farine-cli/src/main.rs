@@ -1,8 +1,10 @@
 //! The `farine` command: builds and runs service crates (`--start`), calls services
-//! (`farine call`) and scaffolds new ones (`farine new`).
+//! (`farine call`), publishes a message (`farine publish`), inspects dead letters
+//! (`farine dlq`), and scaffolds new crates (`farine new`).
 
 mod call;
 mod dlq;
+mod publish;
 mod scaffold;
 mod start;
 
@@ -52,6 +54,19 @@ enum Command {
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
     },
+    /// Publish one JSON message (persistent, confirmed by the broker), e.g. to try a consumer.
+    Publish {
+        /// The exchange, e.g. calc.
+        exchange: String,
+        /// The routing key, e.g. operations.
+        routing_key: String,
+        /// The message, as JSON.
+        #[arg(value_name = "JSON")]
+        body: String,
+        /// Succeed even when no queue is bound for it (the broker then drops it).
+        #[arg(long)]
+        may_drop: bool,
+    },
     /// Inspect or replay the dead-letter queue QUEUE.dlq of a consumer queue.
     Dlq {
         #[command(subcommand)]
@@ -94,7 +109,7 @@ enum DlqAction {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Republish parked messages to their original exchange and routing key.
+    /// Move the messages parked when it starts back into QUEUE (only there), each once.
     Replay {
         queue: String,
         #[arg(long, default_value_t = usize::MAX)]
@@ -131,6 +146,12 @@ fn main() -> ExitCode {
             args,
             timeout,
         }) => call::run(&target, args.as_deref(), timeout.as_deref()),
+        Some(Command::Publish {
+            exchange,
+            routing_key,
+            body,
+            may_drop,
+        }) => publish::run(&exchange, &routing_key, &body, may_drop),
         Some(Command::Dlq { action }) => match action {
             DlqAction::List { queue, limit } => dlq::run(dlq::Action::List, &queue, limit),
             DlqAction::Show { queue, limit } => dlq::run(dlq::Action::Show, &queue, limit),

@@ -1,0 +1,43 @@
+//! `farine publish EXCHANGE ROUTING_KEY JSON`: sends one message, as a service's publisher
+//! would (persistent, confirmed), to try a consumer by hand.
+
+use crate::Failure;
+use farine::broker::Broker;
+use farine::Config;
+use std::process::ExitCode;
+
+pub fn run(
+    exchange: &str,
+    routing_key: &str,
+    body: &str,
+    may_drop: bool,
+) -> Result<ExitCode, Failure> {
+    let json: serde_json::Value = serde_json::from_str(body).map_err(|err| {
+        Failure::with_code(2, format!("the message is not JSON ({err}): {body:?}"))
+    })?;
+    let body = serde_json::to_vec(&json)
+        .map_err(|err| Failure::new(format!("cannot encode the message: {err}")))?;
+    let config = Config::from_env().map_err(|err| Failure::new(err.to_string()))?;
+    let settings = config
+        .service("farine-cli")
+        .map_err(|err| Failure::new(err.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Failure::new(format!("cannot start the async runtime: {err}")))?;
+    runtime.block_on(async {
+        let broker = Broker::for_service(&settings)
+            .await
+            .map_err(|err| Failure::new(err.to_string()))?;
+        let properties = lapin::BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(settings.delivery_mode);
+        let sent = broker
+            .publish(exchange, routing_key, &body, properties, !may_drop)
+            .await;
+        broker.close().await;
+        sent.map_err(|err| Failure::new(err.to_string()))?;
+        println!("published to exchange {exchange:?} with routing key {routing_key:?} (confirmed)");
+        Ok(ExitCode::SUCCESS)
+    })
+}
