@@ -14,6 +14,30 @@ pub struct Operation {
     pub b: i64,
 }
 
+/// What calc refuses. A method returning `Result<T, CalcError>` sends the error's value with
+/// its text, so a Rust caller gets it back typed:
+///
+/// ```no_run
+/// # async fn demo(calc: calc::CalcClient) {
+/// let err = calc.add(i64::MAX, 1).await.unwrap_err();
+/// assert_eq!(
+///     err.service_error::<calc::CalcError>(),
+///     Some(calc::CalcError::Overflow { a: i64::MAX, b: 1 }),
+/// );
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, thiserror::Error)]
+pub enum CalcError {
+    /// The sum does not fit in an `i64`.
+    #[error("{a} + {b} overflows a 64-bit integer")]
+    Overflow { a: i64, b: i64 },
+}
+
+/// `a + b`, or [`CalcError::Overflow`]: the one rule both entry points follow.
+pub fn checked_sum(a: i64, b: i64) -> Result<i64, CalcError> {
+    a.checked_add(b).ok_or(CalcError::Overflow { a, b })
+}
+
 /// A computed sum: `{"sum": 5}`.
 #[derive(Debug, Deserialize, Serialize)]
 pub struct Sum {
@@ -25,13 +49,12 @@ pub struct Calc;
 
 #[farine::service]
 impl Calc {
-    /// Adds the numbers of each operation and publishes the sum.
+    /// Adds the numbers of each operation and publishes the sum. An overflow fails the
+    /// message (retried, then dead-lettered with the reason).
     #[amqp::consume(routing_key = "operations")]
     async fn on_operation(&self, operation: Operation) -> farine::Result<()> {
-        let sum = operation
-            .a
-            .checked_add(operation.b)
-            .ok_or_else(|| farine::Error::Runtime(format!("{operation:?} overflows i64")))?;
+        let sum = checked_sum(operation.a, operation.b)
+            .map_err(|err| farine::Error::Runtime(err.to_string()))?;
         self.publish_sum(sum).await
     }
 
@@ -41,10 +64,10 @@ impl Calc {
         publish.send(&Sum { sum }).await
     }
 
-    /// `calc.add(a, b)`: the sum of two numbers.
+    /// `calc.add(a, b)`: the sum of two numbers, or [`CalcError::Overflow`].
     #[rpc::method]
-    async fn add(&self, a: i64, b: i64) -> i64 {
-        a.wrapping_add(b)
+    async fn add(&self, a: i64, b: i64) -> Result<i64, CalcError> {
+        checked_sum(a, b)
     }
 
     /// `calc.count(n)`: streams `0, 1, ..., n - 1`, one item at a time.

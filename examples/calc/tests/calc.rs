@@ -222,3 +222,60 @@ fn an_unknown_key_value_stops_the_start_with_where_and_what() {
         "the password never appears: {stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_refuses_an_overflow_with_a_typed_error() {
+    let _serial = SERIAL.lock().await;
+    let mut child = start_calc();
+    let config = farine::Config::load(INI).expect("farine.ini.example loads");
+    let client = CalcClient::connect(&config).await.expect("client connects");
+    ready(&client).await;
+
+    // It used to wrap around to i64::MIN, while on_operation refused the same sum.
+    let err = client.add(i64::MAX, 1).await.unwrap_err();
+    assert_eq!(
+        err.service_error::<calc::CalcError>(),
+        Some(calc::CalcError::Overflow { a: i64::MAX, b: 1 }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("9223372036854775807 + 1 overflows a 64-bit integer"),
+        "{err}"
+    );
+    assert_eq!(client.add(i64::MAX, -1).await.unwrap(), i64::MAX - 1);
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    wait_exit(&mut child, Duration::from_secs(15)).expect("calc exits after SIGTERM");
+    cleanup().await;
+}
+
+#[test]
+fn a_misspelt_key_stops_the_start_once_with_a_suggestion() {
+    let dir = std::env::temp_dir().join(format!("farine-calc-typo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ini = dir.join("farine.ini");
+    std::fs::write(
+        &ini,
+        "[DEFAULT]\namqp_uri = amqp://guest:guest@127.0.0.1:5672/%2f\n[calc]\nconcurency = 3\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_calc"))
+        .env("FARINE_INI", &ini)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!output.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // It was a mere warning, and errors were printed twice (logged, then on stderr).
+    assert_eq!(
+        all.matches("[calc] concurency: unknown configuration key (did you mean concurrency?)")
+            .count(),
+        1,
+        "{all}"
+    );
+}
