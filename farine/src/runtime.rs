@@ -267,8 +267,13 @@ impl Running {
 
 /// Sets up logging: `RUST_LOG` if set, else `info`.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // lapin logs every returned message whole (its body as a list of decimal bytes: a
+    // 15 MiB body makes a 60 MiB line); farine reports unroutable messages itself.
+    if let Ok(quiet) = "lapin::returned_messages=error".parse() {
+        filter = filter.add_directive(quiet);
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -301,6 +306,9 @@ pub fn run() -> ExitCode {
 }
 
 async fn serve() -> Result<()> {
+    // Before anything else: a signal that came while entry points were still attaching would
+    // otherwise meet the default action and kill the process instead of stopping it.
+    let mut signals = Signals::install()?;
     let config = Config::from_env()?;
     if let Some(dir) = std::env::var_os("FARINE_MIGRATIONS") {
         return migrate(&config, std::path::Path::new(&dir)).await;
@@ -310,20 +318,27 @@ async fn serve() -> Result<()> {
             "no #[farine::service] is compiled into this binary".into(),
         ));
     }
-    let mut running = Runtime::new(config).start().await?;
+    let mut running = tokio::select! {
+        started = Runtime::new(config).start() => started?,
+        signal = signals.next() => {
+            tracing::info!("{signal} while starting: stopping");
+            return Ok(());
+        }
+    };
     if running.services().is_empty() {
         tracing::info!("every service is disabled: nothing to run");
         return Ok(());
     }
     let stop = tokio::select! {
-        signal = shutdown_signal() => Ok(signal),
+        signal = signals.next() => Ok(signal),
         err = running.failed() => Err(err),
     };
     match stop {
         Ok(signal) => {
             tracing::info!("{signal}: shutting down (a second signal exits at once)");
-            tokio::spawn(async {
-                let again = shutdown_signal().await;
+            // The same handlers: a second signal is never missed between the two.
+            tokio::spawn(async move {
+                let again = signals.next().await;
                 tracing::warn!("{again} again: exiting now");
                 std::process::exit(130);
             });
@@ -359,27 +374,47 @@ async fn migrate(config: &Config, dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() -> &'static str {
+/// SIGINT and SIGTERM, listened to from the start of the process to its end.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) {
-            (Ok(mut int), Ok(mut term)) => tokio::select! {
-                _ = int.recv() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
-            },
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-                "Ctrl-C"
-            }
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listen = |kind: SignalKind, name: &str| {
+                signal(kind)
+                    .map_err(|err| Error::Runtime(format!("cannot listen for {name}: {err}")))
+            };
+            Ok(Signals {
+                interrupt: listen(SignalKind::interrupt(), "SIGINT")?,
+                terminate: listen(SignalKind::terminate(), "SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
 }

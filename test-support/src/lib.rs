@@ -10,6 +10,7 @@
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -67,6 +68,27 @@ fn ensure_vhost(vhost: &str) {
             );
         }
     }
+}
+
+/// The repository's `farine.ini.example` as the examples' tests use it: the same file, with
+/// its broker set to the test broker. Written once per test process.
+pub fn example_ini() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../farine.ini.example");
+        let text = std::fs::read_to_string(example).expect("farine.ini.example is readable");
+        let default = "${AMQP_URI:amqp://guest:guest@127.0.0.1:5672/%2f}";
+        assert!(
+            text.contains(default),
+            "farine.ini.example no longer sets amqp_uri = {default}"
+        );
+        let path =
+            std::env::temp_dir().join(format!("farine-test-example-{}.ini", std::process::id()));
+        std::fs::write(&path, text.replace(default, &amqp_uri()))
+            .expect("write the test copy of farine.ini.example");
+        path
+    })
+    .clone()
 }
 
 /// Fails the test with how to start RabbitMQ when it is not reachable.

@@ -8,32 +8,14 @@
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CALC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/debug/calc");
 
 mod common;
 
-use common::{count, spawn, ENTRIES, INI};
-
-struct BrokerGuard;
-
-impl Drop for BrokerGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").arg("start_app").status();
-        let _ = Command::new("rabbitmqctl").arg("await_startup").status();
-    }
-}
-
-fn rabbitmqctl(arg: &str) {
-    let status = Command::new("rabbitmqctl")
-        .arg(arg)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "rabbitmqctl {arg}");
-}
+use common::{count, example_ini, spawn, ENTRIES};
+use farine_test_support::BrokerStopped;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "restarts the broker: run alone by .ci/test"]
@@ -47,7 +29,7 @@ async fn entries_survive_a_killed_service_and_a_restarted_broker() {
     );
     let mut calc = spawn(CALC);
     let mut ledger = spawn(env!("CARGO_BIN_EXE_ledger"));
-    let config = farine::Config::load(INI).unwrap();
+    let config = farine::Config::load(example_ini()).unwrap();
     let client = farine::Client::connect(&config).await.unwrap();
     let calc_client = calc::CalcClient::connect(&config).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -68,9 +50,8 @@ async fn entries_survive_a_killed_service_and_a_restarted_broker() {
 
     // The publisher is farine's: it waits for the broker through the outage. A publish whose
     // confirm was lost is sent again (at least once); the idempotent insert absorbs repeats.
-    std::env::set_var("FARINE_INI", INI);
+    std::env::set_var("FARINE_INI", example_ini());
     let publisher = farine::Publisher::new("ledger", "ledger", "entry");
-    let mut guard = None;
     let mut restarted_at = None;
     for id in 1..=ENTRIES {
         if id == 1000 {
@@ -79,11 +60,9 @@ async fn entries_survive_a_killed_service_and_a_restarted_broker() {
             ledger = spawn(env!("CARGO_BIN_EXE_ledger"));
         }
         if id == 2000 {
-            guard = Some(BrokerGuard);
-            rabbitmqctl("stop_app");
+            let stopped = BrokerStopped::now();
             tokio::time::sleep(Duration::from_secs(2)).await;
-            rabbitmqctl("start_app");
-            rabbitmqctl("await_startup");
+            drop(stopped); // start_app, then await_startup
             restarted_at = Some(Instant::now());
         }
         let entry = serde_json::json!({ "id": id, "amount": id });
@@ -96,7 +75,6 @@ async fn entries_survive_a_killed_service_and_a_restarted_broker() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    drop(guard);
 
     // calc, never restarted, answers again.
     let restarted_at = restarted_at.unwrap();

@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{count, require, spawn, ENTRIES, INI};
+use common::{count, example_ini, spawn, ENTRIES};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_batch_loses_nothing_and_duplicates_nothing() {
-    require(5672, "RabbitMQ", "rabbitmq-server -detached");
+    farine_test_support::require_rabbitmq();
     let pool = common::fresh_database().await;
 
     let connection = Connection::connect(
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        &farine_test_support::amqp_uri(),
         ConnectionProperties::default(),
     )
     .await
@@ -38,7 +38,7 @@ async fn sigkill_mid_batch_loses_nothing_and_duplicates_nothing() {
     }
 
     let mut first = spawn(env!("CARGO_BIN_EXE_ledger"));
-    let config = farine::Config::load(INI).unwrap();
+    let config = farine::Config::load(example_ini()).unwrap();
     let client = farine::Client::connect(&config).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while client

@@ -4,6 +4,7 @@
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use farine_test_support::{amqp_uri, ini_defaults, require_rabbitmq, wait_exit};
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
@@ -31,10 +32,7 @@ async fn events(headers: HeaderMap) -> impl IntoResponse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_republishes_every_event_once_in_order_across_reconnects() {
-    let address = std::net::SocketAddr::from(([127, 0, 0, 1], 5672));
-    if std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_err() {
-        panic!("RabbitMQ is not reachable on 127.0.0.1:5672: start it with `rabbitmq-server -detached`");
-    }
+    require_rabbitmq();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -43,12 +41,9 @@ async fn relay_republishes_every_event_once_in_order_across_reconnects() {
     });
 
     // The exchange and our queue exist before relay starts, so no event is unroutable.
-    let connection = Connection::connect(
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
+    let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel
         .exchange_declare(
@@ -91,8 +86,8 @@ async fn relay_republishes_every_event_once_in_order_across_reconnects() {
     std::fs::write(
         &ini,
         format!(
-            "[DEFAULT]\namqp_uri = amqp://guest:guest@127.0.0.1:5672/%2f\n\
-             [relay]\nendpoint = http://127.0.0.1:{port}/events\nretry_delay = 100ms\nretry_max_delay = 1s\n"
+            "{}[relay]\nendpoint = http://127.0.0.1:{port}/events\nretry_delay = 100ms\nretry_max_delay = 1s\n",
+            ini_defaults()
         ),
     )
     .unwrap();
@@ -132,14 +127,7 @@ async fn relay_republishes_every_event_once_in_order_across_reconnects() {
     assert_eq!(seen, (1..=TOTAL).collect::<Vec<_>>());
 
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "relay did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut child, Duration::from_secs(15)).expect("relay stops");
     assert!(status.success(), "{status:?}");
     let _ = channel
         .exchange_delete("relay".into(), ExchangeDeleteOptions::default())

@@ -2,6 +2,7 @@
 //! repository's farine.ini.example, called over RabbitMQ, its rows in PostgreSQL, its
 //! broadcasts on `todo.events`.
 
+use farine_test_support::{amqp_uri, example_ini, pg, require_rabbitmq, wait_exit};
 use futures::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -9,29 +10,9 @@ use lapin::{Connection, ConnectionProperties};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use todo::{Todo, TodoServiceClient};
-
-const INI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../farine.ini.example");
-
-fn require(port: u16, name: &str, start: &str) {
-    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    if std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_err() {
-        panic!("{name} is not reachable on 127.0.0.1:{port}: start it with `{start}`");
-    }
-}
-
-async fn pg() -> sqlx::PgPool {
-    require(
-        5432,
-        "PostgreSQL",
-        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
-    );
-    sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
-        .await
-        .unwrap()
-}
 
 /// What `farine migrate --start todo` runs once it has built the crate: the todo binary in
 /// migration mode, pointed at the crate's `migrations/` folder. (The CLI's part, finding and
@@ -42,25 +23,14 @@ fn farine_migrate() -> std::process::Output {
             "FARINE_MIGRATIONS",
             concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"),
         )
-        .env("FARINE_INI", INI)
+        .env("FARINE_INI", example_ini())
         .output()
         .expect("todo runs")
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn todo_migrates_serves_stores_and_broadcasts() {
-    require(5672, "RabbitMQ", "rabbitmq-server -detached");
+    require_rabbitmq();
     let pool = pg().await;
     for statement in [
         "drop table if exists todos",
@@ -83,21 +53,18 @@ async fn todo_migrates_serves_stores_and_broadcasts() {
     );
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_todo"))
-        .env("FARINE_INI", INI)
+        .env("FARINE_INI", example_ini())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let config = farine::Config::load(INI).unwrap();
+    let config = farine::Config::load(example_ini()).unwrap();
     let client = TodoServiceClient::connect(&config).await.unwrap();
 
     // A queue on the fanout exchange hears every change; it exists once todo declared it.
-    let connection = Connection::connect(
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
+    let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let events = loop {

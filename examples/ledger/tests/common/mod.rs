@@ -3,22 +3,15 @@
 #![allow(dead_code)]
 
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-pub const INI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../farine.ini.example");
+pub use farine_test_support::example_ini;
+
 pub const ENTRIES: i64 = 3000;
-
-pub fn require(port: u16, name: &str, start: &str) {
-    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    if std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_err() {
-        panic!("{name} is not reachable on 127.0.0.1:{port}: start it with `{start}`");
-    }
-}
 
 /// A service binary with the example's configuration, logging only warnings.
 pub fn spawn(program: &str) -> Child {
     Command::new(program)
-        .env("FARINE_INI", INI)
+        .env("FARINE_INI", example_ini())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -27,14 +20,7 @@ pub fn spawn(program: &str) -> Child {
 
 /// Drops `ledger_entries` and its migration record, then migrates as `farine migrate` would.
 pub async fn fresh_database() -> sqlx::PgPool {
-    require(
-        5432,
-        "PostgreSQL",
-        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
-    );
-    let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
-        .await
-        .unwrap();
+    let pool = farine_test_support::pg().await;
     for statement in [
         "drop table if exists ledger_entries",
         "drop table if exists _farine_migrations_ledger",
@@ -42,7 +28,7 @@ pub async fn fresh_database() -> sqlx::PgPool {
         sqlx::query(statement).execute(&pool).await.unwrap();
     }
     let migrated = Command::new(env!("CARGO_BIN_EXE_ledger"))
-        .env("FARINE_INI", INI)
+        .env("FARINE_INI", example_ini())
         .env(
             "FARINE_MIGRATIONS",
             concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"),
