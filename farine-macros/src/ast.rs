@@ -111,7 +111,7 @@ fn classify(attr: &Attribute) -> Option<FarineAttr> {
     }
 }
 
-fn injected(ty: &Type) -> Option<Injected> {
+pub fn injected(ty: &Type) -> Option<Injected> {
     let (by_mut_ref, ty) = match ty {
         Type::Reference(reference) if reference.mutability.is_some() => (true, &*reference.elem),
         other => (false, other),
@@ -180,22 +180,29 @@ impl Service {
     }
 }
 
-/// The impl block with every farine method attribute removed, and the paths of those
-/// attributes (so that the imports they used still count as used).
-pub fn without_farine_attributes(mut item: ItemImpl) -> (ItemImpl, Vec<syn::Path>) {
+/// The impl block with every farine method attribute removed, the paths of those attributes
+/// (so that the imports they used still count as used), and the positions of the methods that
+/// had `#[amqp::publish]` (whose callers do not pass the publisher).
+pub fn without_farine_attributes(mut item: ItemImpl) -> (ItemImpl, Vec<syn::Path>, Vec<usize>) {
     let mut paths = Vec::new();
-    for impl_item in &mut item.items {
+    let mut publishing = Vec::new();
+    for (index, impl_item) in item.items.iter_mut().enumerate() {
         if let ImplItem::Fn(func) = impl_item {
+            let mut publishes = false;
             func.attrs.retain(|attr| {
-                let farine = classify(attr).is_some();
-                if farine {
+                let kind = classify(attr);
+                publishes |= matches!(kind, Some(FarineAttr::Publish));
+                if kind.is_some() {
                     paths.push(attr.path().clone());
                 }
-                !farine
+                kind.is_none()
             });
+            if publishes {
+                publishing.push(index);
+            }
         }
     }
-    (item, paths)
+    (item, paths, publishing)
 }
 
 /// Takes the farine attributes off `func` (so they are not expanded on their own) and records them.

@@ -1,11 +1,12 @@
 //! Code generation: the impl block as written (farine attributes removed, publishers
 //! injected), plus one link-time registration of the service and its entry points.
 
-use crate::ast::{EntryKind, Injected, Method, Service};
+use crate::ast::{injected, EntryKind, Injected, Method, Service};
 use crate::valid;
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
-use syn::{FnArg, ImplItem, ItemImpl};
+use syn::spanned::Spanned;
+use syn::{FnArg, ImplItem, ImplItemFn, ItemImpl};
 
 /// On a misuse, the errors come with the impl block as written (farine attributes removed),
 /// so the user sees only the real error, not follow-on ones about missing methods.
@@ -21,8 +22,16 @@ pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
         Ok(tokens) => tokens,
         Err(err) => {
             let err = err.into_compile_error();
-            // Only the real error: no follow-on warnings about what the error left unused.
-            let (item, paths) = crate::ast::without_farine_attributes(item);
+            // Only the real error: no follow-on warnings about what the error left unused, and
+            // no follow-on errors where the service calls its own publishers (their callers
+            // do not pass the `Publisher`, so it is still taken off). The destination is
+            // never used: with the error, nothing runs.
+            let (mut item, paths, publishing) = crate::ast::without_farine_attributes(item);
+            for index in publishing {
+                if let ImplItem::Fn(func) = &mut item.items[index] {
+                    inject_publisher(func, "", "", "");
+                }
+            }
             quote! {
                 #err
                 #[allow(unused)]
@@ -64,34 +73,34 @@ fn inject_publishers(service: &mut Service) {
         };
         let exchange = args.str("exchange").map_or(name.clone(), |l| l.value());
         let routing_key = args.str("routing_key").map_or(name.clone(), |l| l.value());
-        let ImplItem::Fn(func) = &mut service.item.items[method.index] else {
-            continue;
-        };
-        let mut binding = None;
-        let mut binding_ty = None;
-        func.sig.inputs = std::mem::take(&mut func.sig.inputs)
-            .into_iter()
-            .filter(|input| match input {
-                FnArg::Typed(typed)
-                    if method
-                        .params
-                        .iter()
-                        .any(|p| p.injected == Some(Injected::Publisher) && p.pat == typed.pat) =>
-                {
-                    binding = Some(typed.pat.clone());
-                    binding_ty = Some(typed.ty.clone());
-                    false
-                }
-                _ => true,
-            })
-            .collect();
-        if let (Some(pat), Some(ty)) = (binding, binding_ty) {
-            let block = &func.block;
-            func.block = syn::parse_quote!({
-                let #pat: #ty = ::farine::Publisher::__declared(#name, #exchange, #routing_key);
-                #block
-            });
+        if let ImplItem::Fn(func) = &mut service.item.items[method.index] {
+            inject_publisher(func, &name, &exchange, &routing_key);
         }
+    }
+}
+
+/// Takes every `Publisher` parameter off `func` and binds it at the top of its body.
+fn inject_publisher(func: &mut ImplItemFn, service: &str, exchange: &str, routing_key: &str) {
+    let mut bindings = Vec::new();
+    func.sig.inputs = std::mem::take(&mut func.sig.inputs)
+        .into_iter()
+        .filter(|input| match input {
+            FnArg::Typed(typed) if injected(&typed.ty) == Some(Injected::Publisher) => {
+                let (pat, ty) = (&typed.pat, &typed.ty);
+                bindings.push(quote! {
+                    let #pat: #ty = ::farine::Publisher::__declared(#service, #exchange, #routing_key);
+                });
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    if !bindings.is_empty() {
+        let block = &func.block;
+        func.block = syn::parse_quote!({
+            #(#bindings)*
+            #block
+        });
     }
 }
 
@@ -265,12 +274,23 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
                 .next()
                 .map(|p| p.ty.clone())
                 .expect("validated: one body parameter");
+            // The body type is checked once, on the user's token, in plain words; the
+            // handler is then picked by autoref so that it adds no error of its own.
+            let check = quote_spanned! {body_ty.span()=>
+                const _: fn() = <#body_ty as ::farine::__private::MessageBody>::check;
+            };
             let handler = outcome_handler(
                 service,
                 method,
-                "consume_handler",
+                quote_spanned!(span=> (&&::farine::__private::ConsumeBody::<#body_ty>::new()).handler),
                 quote!(__farine_arg_0: #body_ty),
             );
+            let handler = quote! {{
+                #check
+                #[allow(unused_imports, clippy::needless_borrow)]
+                use ::farine::__private::{ViaMessageBody as _, ViaUndecodable as _};
+                #handler
+            }};
             out.extend(quote! {
                 def.consume(
                     ::farine::__private::ConsumeSpec {
@@ -384,7 +404,7 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
             let handler = outcome_handler(
                 service,
                 method,
-                "event_handler",
+                quote_spanned!(span=> ::farine::__private::event_handler),
                 quote!(__farine_arg_0: #event_ty),
             );
             out.extend(quote! {
@@ -413,7 +433,7 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
             let handler = outcome_handler(
                 service,
                 method,
-                "execute_handler",
+                quote_spanned!(span=> ::farine::__private::execute_handler),
                 quote!(__shutdown: ::farine::execute::Shutdown),
             );
             out.extend(quote! {
@@ -435,16 +455,15 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
 /// The handler of an entry point whose method's result becomes an `Outcome` (consumers,
 /// listeners, loops): `builder(service, |svc, __ctx, <input>| ...)`, with the runtime's
 /// parameters injected and the transaction settled before the outcome is returned. Spanned
-/// on the method so that a non-Send future is reported there.
+/// on the method (and so must `builder` be) so that a non-Send future is reported there.
 fn outcome_handler(
     service: &Service,
     method: &Method,
-    builder: &str,
+    builder: TokenStream,
     input: TokenStream,
 ) -> TokenStream {
     let ty = &service.item.self_ty;
     let ident = &method.sig.ident;
-    let builder = format_ident!("{}", builder, span = ident.span());
     let on_error = quote!(::farine::__private::Outcome::Failed(err.to_string()));
     let Invocation {
         arguments,
@@ -457,7 +476,7 @@ fn outcome_handler(
         None => quote!(__outcome),
     };
     quote_spanned! {ident.span()=>
-        ::farine::__private::#builder(
+        #builder(
             ::std::sync::Arc::clone(&svc),
             |svc: ::std::sync::Arc<#ty>, __ctx: ::std::sync::Arc<::farine::context::ServiceContext>, #input| async move {
                 #injections
@@ -574,32 +593,60 @@ pub fn client(service: &Service) -> TokenStream {
         let encode = quote! {
             let __args = ::std::vec![#(::farine::rpc::encode_arg(#call, #name_strings, &#names)?),*];
         };
+        // What the caller decodes must be `Deserialize`: checked once, on the user's return
+        // type, in plain words. The method states it as a where clause, which the compiler
+        // does not check at the definition (it is higher-ranked) but lets the body rely on, so
+        // that the client adds no errors of its own about `DeserializeOwned`.
+        let returned = match &method.sig.output {
+            syn::ReturnType::Default => ident.span(),
+            syn::ReturnType::Type(_, ty) => ty.span(),
+        };
+        let decodes = |decoded: &syn::Type| {
+            let check = quote_spanned! {returned=>
+                const _: fn() = <#decoded as ::farine::__private::RpcReturn>::check;
+            };
+            let bound = quote!(for<'de> #decoded: ::farine::serde::Deserialize<'de>);
+            (check, bound)
+        };
         if valid::returns_stream(&method.sig.output) {
             let item = stream_item(&method.sig.output)
                 .map(|t| ok_type(&t))
                 .unwrap_or_else(|| syn::parse_quote!(::farine::serde_json::Value));
-            quote! {
+            let (check, bound) = decodes(&item);
+            let method = quote! {
                 #[doc = #method_doc]
-                pub async fn #ident(&self, #(#names: #types),*) -> ::farine::Result<::farine::rpc::RpcStream<#item>> {
+                pub async fn #ident(&self, #(#names: #types),*) -> ::farine::Result<::farine::rpc::RpcStream<#item>>
+                where
+                    #bound
+                {
                     #encode
                     self.client.call_stream_typed::<#item>(#name, #method_name, __args, self.options).await
                 }
-            }
+            };
+            (check, method)
         } else {
             let output = match &method.sig.output {
                 syn::ReturnType::Default => syn::parse_quote!(()),
                 syn::ReturnType::Type(_, ty) => ok_type(ty),
             };
-            quote! {
+            let (check, bound) = decodes(&output);
+            let method = quote! {
                 #[doc = #method_doc]
-                pub async fn #ident(&self, #(#names: #types),*) -> ::farine::Result<#output> {
+                pub async fn #ident(&self, #(#names: #types),*) -> ::farine::Result<#output>
+                where
+                    #bound
+                {
                     #encode
                     self.client.call_typed::<#output>(#name, #method_name, __args, self.options).await
                 }
-            }
+            };
+            (check, method)
         }
     });
+    let (checks, methods): (Vec<_>, Vec<_>) = methods.unzip();
     quote! {
+        #(#checks)*
+
         #[doc = #doc]
         #[derive(Clone)]
         pub struct #client {

@@ -27,7 +27,7 @@
 //!     /// Callers write `shop.notify(7).await`: the publisher is supplied by farine.
 //!     #[amqp::publish(exchange = "orders", routing_key = "created")]
 //!     pub async fn notify(&self, publish: Publisher, id: i64) -> farine::Result<()> {
-//!         publish.send(&serde_json::json!({ "id": id })).await
+//!         publish.send(&farine::json!({ "id": id })).await
 //!     }
 //! }
 //!
@@ -39,6 +39,7 @@
 
 pub mod amqp;
 pub mod broker;
+pub mod checks;
 mod clip;
 pub mod config;
 pub mod context;
@@ -59,10 +60,17 @@ pub use farine_macros::service;
 pub use runtime::{run, Running, Runtime};
 
 pub use amqp::Publisher;
-/// Re-exported so service crates can log and handle JSON without adding the crates.
-pub use futures;
 pub use rpc::Client;
+
+// What a service's code uses, re-exported so that a service crate depends on `farine` alone
+// (plus `serde`, whose derives name it), at the versions farine was built with: `farine::json!`,
+// `farine::futures::stream::iter`, `farine::sqlx::query(..)` on a `Db` or `Tx`,
+// `farine::tracing::info!`.
+pub use futures;
+pub use serde;
 pub use serde_json;
+pub use serde_json::json;
+pub use sqlx;
 pub use tracing;
 
 /// What a service module needs: `use farine::prelude::*;`.
@@ -106,6 +114,7 @@ macro_rules! main {
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::checks::{ConsumeBody, MessageBody, RpcReturn, ViaMessageBody, ViaUndecodable};
     pub use crate::execute::execute_handler;
     pub use crate::registry::{
         consume_handler, Call, ConsumeSpec, ExecuteAttr, HandlerResult, ListenAttr, Outcome,
@@ -121,4 +130,5 @@ pub mod __private {
     };
     pub use crate::stream::event_handler;
     pub use inventory;
+    pub use serde::de::DeserializeOwned;
 }
