@@ -1,5 +1,10 @@
 //! `farine call SERVICE.METHOD [JSON-ARGS]`: calls any service, Rust or Python, and prints
 //! each result item as one line of JSON as it arrives.
+//!
+//! When the reader of its output goes away (`farine call calc.count '[1000000]' | head -5`), it
+//! stops at once, cancelling the stream on the server, and exits with status 141 without a
+//! message, as a program killed by SIGPIPE would. Any other write error (a full disk,
+//! `> /dev/full`) is reported on stderr with exit status 1.
 
 use crate::Failure;
 use farine::rpc::CallOptions;
@@ -8,7 +13,14 @@ use futures::StreamExt;
 use serde_json::{Map, Value};
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// The exit status when stdout was closed by its reader: 128 + SIGPIPE, what a shell reports
+/// for a program that SIGPIPE killed.
+const BROKEN_PIPE: u8 = 141;
+
+/// How long a stream cancelled because stdout closed may take to tell the server.
+const CANCEL_WAIT: Duration = Duration::from_secs(2);
 
 pub fn run(target: &str, args: Option<&str>, timeout: Option<&str>) -> Result<ExitCode, Failure> {
     let (service, method) = target
@@ -57,11 +69,32 @@ pub fn run(target: &str, args: Option<&str>, timeout: Option<&str>) -> Result<Ex
         let mut stdout = std::io::stdout().lock();
         while let Some(item) = replies.next().await {
             let value = item.map_err(|err| Failure::new(err.to_string()))?;
-            let _ = writeln!(stdout, "{value}");
-            let _ = stdout.flush();
+            let written = writeln!(stdout, "{value}").and_then(|()| stdout.flush());
+            let Err(err) = written else { continue };
+            // No one reads the rest: cancel the stream on the server.
+            cancel(replies).await;
+            return match err.kind() {
+                std::io::ErrorKind::BrokenPipe => Ok(ExitCode::from(BROKEN_PIPE)),
+                _ => Err(Failure::new(format!(
+                    "cannot write the results of {target} to stdout: {err}"
+                ))),
+            };
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Drops the stream, which cancels it on the server from a task it spawns, and lets that task
+/// publish before the runtime (and the process) ends: waits, up to [`CANCEL_WAIT`], for the
+/// runtime's tasks to be back to those alive before the drop.
+async fn cancel(replies: farine::rpc::Replies) {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    drop(replies);
+    let deadline = Instant::now() + CANCEL_WAIT;
+    while metrics.num_alive_tasks() > before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// A JSON array is the positional arguments, an object the arguments by name, any other

@@ -244,3 +244,132 @@ async fn cleanup() {
         .await;
     let _ = connection.close(200, "OK".into()).await;
 }
+
+// ---------------------------------------------------------------- a closed output
+
+/// Items produced by `t_cli_pipe.numbers`, to see that a cancelled stream stops.
+static PRODUCED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[derive(Default)]
+struct CliPipe;
+
+#[farine::service(name = "t_cli_pipe")]
+impl CliPipe {
+    /// `0..n`, one item a millisecond: a million take a quarter of an hour.
+    #[rpc::method]
+    fn numbers(&self, n: u64) -> impl Stream<Item = u64> + Send + 'static {
+        futures::stream::iter(0..n).then(|i| async move {
+            PRODUCED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            i
+        })
+    }
+}
+
+async fn cleanup_pipe() {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let connection = lapin::Connection::connect(
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    for queue in ["t_cli_pipe__numbers", "t_cli_pipe__numbers.dlq"] {
+        let _ = channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = channel
+        .exchange_delete("t_cli_pipe".into(), ExchangeDeleteOptions::default())
+        .await;
+    let _ = connection.close(200, "OK".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farine_call_stops_when_its_output_is_closed_or_fails() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+
+    require_rabbitmq();
+    cleanup_pipe().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ini = dir.path().join("farine.ini");
+    std::fs::write(
+        &ini,
+        "[DEFAULT]\namqp_uri = amqp://guest:guest@127.0.0.1:5672/%2f\n",
+    )
+    .unwrap();
+    let running = farine::Runtime::new(farine::Config::load(&ini).unwrap())
+        .only(["t_cli_pipe"])
+        .start()
+        .await
+        .unwrap();
+
+    // `farine call t_cli_pipe.numbers '[1000000]' | head -5`: it ran to the end and exited 0.
+    let ini2 = ini.clone();
+    let (status, lines, stderr, took) = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_farine"))
+            .args(["call", "t_cli_pipe.numbers", "[1000000]"])
+            .env("FARINE_INI", &ini2)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("farine runs");
+        let stdout = child.stdout.take().unwrap();
+        let lines: Vec<String> = std::io::BufReader::new(stdout)
+            .lines()
+            .take(5)
+            .map(Result::unwrap)
+            .collect(); // the reader is dropped here, as `head` exits
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status,
+            lines,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+            started.elapsed(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(lines, ["0", "1", "2", "3", "4"]);
+    assert_eq!(status.code(), Some(141), "{stderr}");
+    assert!(stderr.is_empty(), "a broken pipe exits quietly: {stderr}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // The stream was cancelled on the server: production stops.
+    let mut settled = false;
+    for _ in 0..50 {
+        let before = PRODUCED.load(std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if PRODUCED.load(std::sync::atomic::Ordering::SeqCst) == before {
+            settled = true;
+            break;
+        }
+    }
+    assert!(settled, "the server kept producing the stream");
+    assert!(PRODUCED.load(std::sync::atomic::Ordering::SeqCst) < 100_000);
+
+    // `> /dev/full`: every write fails; it exited 0.
+    let ini3 = ini.clone();
+    let full = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_farine"))
+            .args(["call", "t_cli_pipe.numbers", "[1000000]"])
+            .env("FARINE_INI", &ini3)
+            .stdout(std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap())
+            .output()
+            .expect("farine runs")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&full.stderr);
+    assert_eq!(full.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot write the results of t_cli_pipe.numbers to stdout")
+            && stderr.contains("No space left on device"),
+        "{stderr}"
+    );
+
+    running.shutdown().await.unwrap();
+    cleanup_pipe().await;
+}
