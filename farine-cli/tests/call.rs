@@ -356,7 +356,12 @@ async fn farine_call_stops_when_its_output_is_closed_or_fails() {
         Command::new(env!("CARGO_BIN_EXE_farine"))
             .args(["call", "t_cli_pipe.numbers", "[1000000]"])
             .env("FARINE_INI", &ini3)
-            .stdout(std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap())
+            .stdout(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            )
             .output()
             .expect("farine runs")
     })
