@@ -378,3 +378,31 @@ async fn farine_call_stops_when_its_output_is_closed_or_fails() {
     running.shutdown().await.unwrap();
     cleanup_pipe().await;
 }
+
+// ---------------------------------------------------------------- an unreachable broker
+
+#[test]
+fn farine_call_fails_fast_and_cleanly_when_the_broker_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let ini = dir.path().join("farine.ini");
+    // Nothing listens on port 1: the connection is refused.
+    std::fs::write(
+        &ini,
+        "[DEFAULT]\namqp_uri = amqp://guest:secret@127.0.0.1:1/%2f\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let output = farine_call(&ini, &["t_cli_nobroker.add", "[1, 2]"]);
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // It took 15 s, then lapin's IO thread panicked as the runtime shut down.
+    assert!(took < Duration::from_secs(5), "took {took:?}: {stderr}");
+    assert!(
+        stderr.contains("cannot connect to the broker at amqp://guest:***@127.0.0.1:1/%2f")
+            && stderr.contains("Connection refused"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("secret"), "{stderr}");
+}

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How long the first connection to a broker may take, retries included.
+/// How long the first connection to a broker may take.
 pub const CONNECT_WAIT: Duration = Duration::from_secs(15);
 
 /// How long a publish waits for a lost connection to come back before it fails.
@@ -108,19 +108,21 @@ impl Broker {
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "farine".into());
-        let open = |role: &str| {
-            // lapin reconnects by itself and replays channels, queues, bindings, consumers,
-            // QoS and confirms; entry points wait for that with `wait_for_recovery`.
-            let properties = ConnectionProperties::default()
-                .with_connection_name(format!("{name} ({role}, farine)").into())
-                .enable_auto_recover()
-                .configure_backoff(|backoff| {
+        let open = |role: &str, recover: bool| {
+            let mut properties = ConnectionProperties::default()
+                .with_connection_name(format!("{name} ({role}, farine)").into());
+            if recover {
+                // lapin reconnects by itself and replays channels, queues, bindings,
+                // consumers, QoS and confirms; entry points wait for that with
+                // `wait_for_recovery`.
+                properties = properties.enable_auto_recover().configure_backoff(|backoff| {
                     backoff
                         .with_min_delay(Duration::from_millis(200))
                         .with_max_delay(Duration::from_secs(5))
                         .with_jitter()
                         .without_max_times()
                 });
+            }
             let tls = lapin::tcp::OwnedTLSConfig {
                 identity: None,
                 cert_chain: ca.clone(),
@@ -130,17 +132,33 @@ impl Broker {
                 Connection::connect_uri_with_config(parsed.clone(), properties, tls, runtime).await
             }
         };
-        // lapin retries a failing connection with the recovery backoff, without end: bound the
-        // first connection, so an unreachable broker or an untrusted certificate is an error.
+        let unreachable = |reason: String| {
+            Error::Runtime(format!(
+                "cannot connect to the broker at {uri}: {reason} (is RabbitMQ running and \
+                 reachable at that address? for amqps://, is its certificate trusted? see \
+                 amqp_ca_file)"
+            ))
+        };
+        let wait = humantime::format_duration(CONNECT_WAIT);
+        // With recovery on, lapin retries even the first connection, without end, in an IO
+        // thread nothing can stop: that thread outlived a failed start and panicked when the
+        // runtime shut down. So first one attempt without recovery (or retries), whose error
+        // is final: a refused connection, a bad certificate or bad credentials fail at once.
+        match tokio::time::timeout(CONNECT_WAIT, open("probe", false)).await {
+            Ok(Ok(probe)) => {
+                let _ = probe.close(200, "OK".into()).await;
+            }
+            Ok(Err(err)) => return Err(unreachable(err.to_string())),
+            Err(_) => return Err(unreachable(format!("no answer within {wait}"))),
+        }
+        // The broker answered: only now the connections that recover, still bounded.
+        let (unreachable, wait) = (&unreachable, &wait);
         let connect = |role: &'static str| {
-            let attempt = open(role);
+            let attempt = open(role, true);
             async move {
                 match tokio::time::timeout(CONNECT_WAIT, attempt).await {
                     Ok(connected) => connected.map_err(Error::amqp(format!("connecting to {uri}"))),
-                    Err(_) => Err(Error::Runtime(format!(
-                        "cannot connect to the broker at {uri} within {} (is RabbitMQ running and reachable? for amqps://, is its certificate trusted? see amqp_ca_file)",
-                        humantime::format_duration(CONNECT_WAIT)
-                    ))),
+                    Err(_) => Err(unreachable(format!("no connection within {wait}"))),
                 }
             }
         };

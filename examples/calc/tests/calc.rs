@@ -279,3 +279,33 @@ fn a_misspelt_key_stops_the_start_once_with_a_suggestion() {
         "{all}"
     );
 }
+
+#[test]
+fn an_unreachable_broker_fails_the_start_at_once_without_a_panic() {
+    let dir = std::env::temp_dir().join(format!("farine-calc-nobroker-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ini = dir.join("farine.ini");
+    // Nothing listens on port 1: the connection is refused.
+    std::fs::write(
+        &ini,
+        "[DEFAULT]\namqp_uri = amqp://guest:secret@127.0.0.1:1/%2f\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_calc"))
+        .env("FARINE_INI", &ini)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    // It took 15 s, then lapin's IO thread panicked as the runtime shut down.
+    assert!(took < Duration::from_secs(5), "took {took:?}: {stderr}");
+    assert!(
+        stderr.contains("cannot connect to the broker at amqp://guest:***@127.0.0.1:1/%2f"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("secret"), "{stderr}");
+}
