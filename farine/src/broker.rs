@@ -115,13 +115,15 @@ impl Broker {
                 // lapin reconnects by itself and replays channels, queues, bindings,
                 // consumers, QoS and confirms; entry points wait for that with
                 // `wait_for_recovery`.
-                properties = properties.enable_auto_recover().configure_backoff(|backoff| {
-                    backoff
-                        .with_min_delay(Duration::from_millis(200))
-                        .with_max_delay(Duration::from_secs(5))
-                        .with_jitter()
-                        .without_max_times()
-                });
+                properties = properties
+                    .enable_auto_recover()
+                    .configure_backoff(|backoff| {
+                        backoff
+                            .with_min_delay(Duration::from_millis(200))
+                            .with_max_delay(Duration::from_secs(5))
+                            .with_jitter()
+                            .without_max_times()
+                    });
             }
             let tls = lapin::tcp::OwnedTLSConfig {
                 identity: None,

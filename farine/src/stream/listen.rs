@@ -1,7 +1,7 @@
 //! The connection loop of a `#[stream::http]` entry point: connect, parse, dispatch one event
 //! at a time, and reconnect after whatever went wrong until the service shuts down.
 
-use super::parse::{Parsed, Parser, RawEvent};
+use super::parse::{Parsed, Parser, RawEvent, MAX_ID_BYTES};
 use super::{Event, EventHandler, ListenerSpec};
 use crate::config::redact_uri;
 use crate::context::ServiceContext;
@@ -14,9 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Failed attempts in a row never reconnect faster than this, whatever the settings or the
-/// server's `retry:` say.
-const MIN_FAILURE_DELAY: Duration = Duration::from_millis(100);
+/// No reconnection comes faster than this, whatever the settings or the server's `retry:` say.
+const MIN_DELAY: Duration = Duration::from_millis(100);
+
+/// A connection that ends sooner than this after it was opened counts as a failure for the
+/// backoff, even if it delivered events: a server that closes after each event (with
+/// `retry: 0`) would otherwise be reconnected to as fast as the network allows.
+const SHORT_CONNECTION: Duration = Duration::from_secs(1);
 
 /// How long establishing a TCP (and TLS) connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -33,11 +37,15 @@ pub(crate) type Dispatch = Arc<dyn Fn(Event<String>) -> BoxFuture<'static, Outco
 ///   `text/event-stream`, the stream breaks or ends, or no byte arrives for `idle_timeout`.
 ///   Each failure is logged as a warning with its reason and the (password-redacted)
 ///   endpoint, then the listener waits and reconnects.
-/// - **The wait.** After a connection that had delivered data, the server's `retry:` value
-///   (else `retry_min`). After attempts that delivered nothing, a backoff: the larger of
-///   `retry:`/`retry_min` (and 100ms), doubling with each failure in a row up to `retry_max`.
-///   Either way plus up to 25% of random jitter, so clients of a restarted server do not all
-///   come back at once.
+/// - **The wait.** After a connection that delivered data and lasted a second or more, the
+///   server's `retry:` value (else `retry_min`), at least 100ms. After a failure, a backoff
+///   doubling with each failure in a row up to `retry_max`, from the server's `retry:` (at
+///   least 100ms) when the connection that failed had delivered data but lasted less than a
+///   second, else from the larger of `retry:`/`retry_min` (and 100ms). Either way plus up to
+///   25% of random jitter, so clients of a restarted server do not all come back at once.
+/// - **The last event ID** is not kept when longer than 1 KiB, and is forgotten when the
+///   server answers a request that carried it with a 4xx status (it may be what the server
+///   refuses: 400, 413, 431...); both are logged as warnings.
 /// - **Events** are handled one at a time, in order. A failing or panicking handler, or data
 ///   that does not decode, is logged with the event's id and the next event follows.
 /// - **Shutdown** stops reading at once; an event being handled gets `shutdown_grace` to
@@ -76,11 +84,12 @@ pub(crate) async fn listen(spec: ListenerSpec, dispatch: Dispatch, shutdown: Can
     tracing::info!(entry_point = %listener.spec.label, endpoint = %listener.shown, "SSE listener started");
     let mut failures: u32 = 0;
     loop {
+        let opened = tokio::time::Instant::now();
         let (reason, received) = match listener.connection().await {
             Ended::Shutdown => break,
             Ended::Lost { reason, received } => (reason, received),
         };
-        failures = if received {
+        failures = if received && opened.elapsed() >= SHORT_CONNECTION {
             0
         } else {
             failures.saturating_add(1)
@@ -90,6 +99,7 @@ pub(crate) async fn listen(spec: ListenerSpec, dispatch: Dispatch, shutdown: Can
             listener.spec.retry_max,
             listener.parser.retry(),
             failures,
+            received,
         ));
         let last_event_id = listener.parser.last_event_id();
         tracing::warn!(
@@ -152,9 +162,13 @@ impl Listener {
             .get(&self.spec.endpoint)
             .headers(self.headers.clone());
         let last_event_id = self.parser.last_event_id();
+        let mut sent_id = false;
         if !last_event_id.is_empty() {
             match HeaderValue::from_bytes(last_event_id.as_bytes()) {
-                Ok(value) => request = request.header("last-event-id", value),
+                Ok(value) => {
+                    request = request.header("last-event-id", value);
+                    sent_id = true;
+                }
                 Err(_) => tracing::warn!(
                     entry_point = %self.spec.label,
                     last_event_id,
@@ -181,6 +195,19 @@ impl Listener {
             Some(Ok(response)) => response,
         };
         let status = response.status();
+        if status.is_client_error() && sent_id {
+            // The id may be what the server refuses (431 for a header too large, 400, 413):
+            // resending it would fail forever. Resuming from scratch loses less.
+            tracing::warn!(
+                entry_point = %self.spec.label,
+                endpoint = %self.shown,
+                last_event_id = self.parser.last_event_id(),
+                %status,
+                "the server refused a request with Last-Event-ID: forgetting the id, the next \
+                 connection starts without it"
+            );
+            self.parser.forget_last_event_id();
+        }
         if !status.is_success() {
             return lost(format!("got HTTP status {status}"), false);
         }
@@ -247,6 +274,12 @@ impl Listener {
                         entry_point = %self.spec.label,
                         event_id = (!id.is_empty()).then_some(id.as_str()),
                         "event larger than max_message_bytes = {limit} skipped"
+                    ),
+                    Parsed::LongId { bytes } => tracing::warn!(
+                        entry_point = %self.spec.label,
+                        last_event_id = self.parser.last_event_id(),
+                        "an event id of {bytes} bytes ignored (over {MAX_ID_BYTES}): it would \
+                         not be accepted back as Last-Event-ID"
                     ),
                 }
                 if self.shutdown.is_cancelled() {
@@ -322,19 +355,23 @@ async fn within<F: Future>(limit: Duration, future: F) -> Option<F::Output> {
     }
 }
 
-/// The delay before the next connection, without jitter. `failures` counts the attempts in a
-/// row that delivered nothing (0: the last connection had delivered data).
+/// The delay before the next connection, without jitter. `failures` counts the connections in
+/// a row that delivered nothing or ended within [`SHORT_CONNECTION`] (0: the last one
+/// delivered data and lasted); `received`: the last one delivered data.
 fn reconnect_delay(
     retry_min: Duration,
     retry_max: Duration,
     server_retry: Option<Duration>,
     failures: u32,
+    received: bool,
 ) -> Duration {
-    let base = server_retry.unwrap_or(retry_min);
+    let base = server_retry.unwrap_or(retry_min).max(MIN_DELAY);
     if failures == 0 {
         return base;
     }
-    let first = base.max(retry_min).max(MIN_FAILURE_DELAY);
+    // A server that delivers then closes at once is honoured from its own retry:, backed off;
+    // one that delivers nothing is not trusted to ask for faster than retry_min.
+    let first = if received { base } else { base.max(retry_min) };
     let cap = retry_max.max(first);
     let doublings = (failures - 1).min(31);
     first.saturating_mul(1 << doublings).min(cap)
@@ -418,26 +455,45 @@ mod tests {
     fn reconnect_delays() {
         let ms = Duration::from_millis;
         let (min, max) = (ms(1000), ms(30_000));
-        // After a connection that delivered data: the server's retry, else retry_min.
-        assert_eq!(reconnect_delay(min, max, None, 0), ms(1000));
-        assert_eq!(reconnect_delay(min, max, Some(ms(50)), 0), ms(50));
-        assert_eq!(reconnect_delay(min, max, Some(ms(0)), 0), ms(0));
+        // After a connection that delivered data and lasted: the server's retry, else
+        // retry_min, never under 100ms (`retry: 0` made thousands of connections a second).
+        assert_eq!(reconnect_delay(min, max, None, 0, true), ms(1000));
+        assert_eq!(reconnect_delay(min, max, Some(ms(150)), 0, true), ms(150));
+        assert_eq!(reconnect_delay(min, max, Some(ms(50)), 0, true), MIN_DELAY);
+        assert_eq!(reconnect_delay(min, max, Some(ms(0)), 0, true), MIN_DELAY);
         // Failures in a row double from retry_min up to retry_max.
         let doubling: Vec<_> = (1..=7)
-            .map(|n| reconnect_delay(min, max, None, n).as_millis())
+            .map(|n| reconnect_delay(min, max, None, n, false).as_millis())
             .collect();
         assert_eq!(doubling, [1000, 2000, 4000, 8000, 16000, 30000, 30000]);
-        assert_eq!(reconnect_delay(min, max, None, u32::MAX), max);
+        assert_eq!(reconnect_delay(min, max, None, u32::MAX, false), max);
         // A server retry above retry_min is the base; one below does not speed failures up.
-        assert_eq!(reconnect_delay(min, max, Some(ms(5000)), 1), ms(5000));
-        assert_eq!(reconnect_delay(min, max, Some(ms(5000)), 2), ms(10_000));
-        assert_eq!(reconnect_delay(min, max, Some(ms(10)), 1), ms(1000));
+        assert_eq!(
+            reconnect_delay(min, max, Some(ms(5000)), 1, false),
+            ms(5000)
+        );
+        assert_eq!(
+            reconnect_delay(min, max, Some(ms(5000)), 2, false),
+            ms(10_000)
+        );
+        assert_eq!(reconnect_delay(min, max, Some(ms(10)), 1, false), ms(1000));
         // A server retry above retry_max is honoured.
-        assert_eq!(reconnect_delay(min, max, Some(ms(60_000)), 3), ms(60_000));
+        assert_eq!(
+            reconnect_delay(min, max, Some(ms(60_000)), 3, false),
+            ms(60_000)
+        );
+        // Short connections that delivered data back off from the server's retry (floored).
+        let short: Vec<_> = (1..=10)
+            .map(|n| reconnect_delay(min, max, Some(ms(0)), n, true).as_millis())
+            .collect();
+        assert_eq!(
+            short,
+            [100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000]
+        );
         // Failures never hammer the server, even with zero settings.
         assert_eq!(
-            reconnect_delay(ms(0), ms(0), Some(ms(0)), 1),
-            MIN_FAILURE_DELAY
+            reconnect_delay(ms(0), ms(0), Some(ms(0)), 1, false),
+            MIN_DELAY
         );
     }
 

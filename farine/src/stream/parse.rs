@@ -23,10 +23,17 @@
 //! - an event still incomplete when the connection ends is discarded, together with an `id`
 //!   it set (so a reconnection resumes after the last event actually received).
 //!
-//! One addition protects the process: a line or an event's data longer than the parser's
-//! limit is discarded (reported as [`Parsed::Oversized`]) instead of buffered without bound.
+//! Two additions protect the process: a line or an event's data longer than the parser's
+//! limit is discarded (reported as [`Parsed::Oversized`]) instead of buffered without bound,
+//! and an `id` longer than [`MAX_ID_BYTES`] is ignored like one containing NUL (reported as
+//! [`Parsed::LongId`]), since it would be sent back as a `Last-Event-ID` header on every
+//! reconnection, which servers refuse.
 
 use std::time::Duration;
+
+/// The longest `id` kept as the last event ID: HTTP servers refuse large request headers
+/// (431), so a longer one would make every reconnection fail.
+pub(crate) const MAX_ID_BYTES: usize = 1024;
 
 /// What [`Parser::feed`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +43,9 @@ pub(crate) enum Parsed {
     /// An event whose data (or one of whose lines) exceeded the limit; skipped. `id` is the
     /// last event ID after it.
     Oversized { id: String, limit: usize },
+    /// An `id` field of `bytes` bytes, over [`MAX_ID_BYTES`]: ignored, the last event ID is
+    /// unchanged.
+    LongId { bytes: usize },
 }
 
 /// An event as parsed: data not decoded, `id` empty when the stream has none.
@@ -107,6 +117,12 @@ impl Parser {
     /// `Last-Event-ID` when reconnecting; empty when there is none.
     pub fn last_event_id(&self) -> &str {
         &self.last_event_id
+    }
+
+    /// Forgets the last event ID (a server refused it): the next connection sends none.
+    pub fn forget_last_event_id(&mut self) {
+        self.last_event_id.clear();
+        self.id_buffer.clear();
     }
 
     /// The reconnection time the server last set with `retry:`.
@@ -204,6 +220,7 @@ impl Parser {
                     self.data.push('\n');
                 }
             }
+            "id" if value.len() > MAX_ID_BYTES => out.push(Parsed::LongId { bytes: value.len() }),
             "id" if !value.contains('\0') => value.clone_into(&mut self.id_buffer),
             "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
                 // All digits but too large for u64: the longest wait there is.
@@ -390,6 +407,35 @@ mod tests {
             parse("id:  x \ndata: a\n\n"),
             [event(" x ", "message", "a")]
         );
+    }
+
+    #[test]
+    fn ids_over_1_kib_are_ignored_and_reported() {
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        let fits = "y".repeat(MAX_ID_BYTES);
+        let (events, mut parser) = parse_chunks(&[format!(
+            "id: 1\ndata: a\n\nid: {long}\ndata: b\n\nid: {fits}\ndata: c\n\n"
+        )
+        .as_bytes()]);
+        assert_eq!(
+            events,
+            [
+                event("1", "message", "a"),
+                Parsed::LongId {
+                    bytes: MAX_ID_BYTES + 1
+                },
+                // Ignored like an id with NUL: the previous one stays.
+                event("1", "message", "b"),
+                event(&fits, "message", "c"),
+            ]
+        );
+        assert_eq!(parser.last_event_id(), fits);
+        parser.forget_last_event_id();
+        assert_eq!(parser.last_event_id(), "");
+        parser.reset_connection();
+        let mut out = Vec::new();
+        parser.feed(b"data: d\n\n", &mut out);
+        assert_eq!(out, [msg("d")]);
     }
 
     #[test]

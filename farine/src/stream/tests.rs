@@ -510,6 +510,92 @@ async fn the_server_retry_sets_the_reconnection_delay() {
 }
 
 #[tokio::test]
+async fn a_server_that_closes_after_each_event_is_backed_off() {
+    bounded(async {
+        // `retry: 0` and the end of the stream after every event: 2,931 connections in 10 s.
+        let server =
+            Server::start(|n, _| ok(vec![bytes(format!("retry: 0\nid: {n}\ndata: x\n\n"))])).await;
+        let (dispatch, mut rx) = collect();
+        let listener = start(
+            ListenerSpec {
+                retry_max: Duration::from_secs(10),
+                ..spec(&server.url)
+            },
+            dispatch,
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        listener.stop().await;
+        // 100ms, 200ms, 400ms, 800ms (each plus up to 25%) after the first: at most 5 in 1.5s.
+        let requests = server.requests().len();
+        assert!((2..=5).contains(&requests), "{requests} connections");
+        // Every event still arrived.
+        let mut received = 0;
+        while rx.try_recv().is_ok() {
+            received += 1;
+        }
+        assert_eq!(received, requests);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_id_over_1_kib_is_not_sent_back() {
+    bounded(async {
+        // (Under the test's max_event_bytes of 1 MiB, so the event itself is kept.)
+        let long = "x".repeat(100 * 1024);
+        let server = Server::start(move |n, _| match n {
+            0 => ok(vec![bytes(format!(
+                "id: 1\ndata: a\n\nid: {long}\ndata: b\n\n"
+            ))]),
+            _ => ok(vec![bytes("data: c\n\n"), Part::Stall]),
+        })
+        .await;
+        let (dispatch, mut rx) = collect();
+        let listener = start(spec(&server.url), dispatch);
+        assert_eq!(
+            take(&mut rx, 3).await,
+            [
+                ev(Some("1"), "message", "a"),
+                ev(Some("1"), "message", "b"),
+                ev(Some("1"), "message", "c")
+            ]
+        );
+        listener.stop().await;
+        assert_eq!(server.last_event_ids(), [None, Some("1".to_owned())]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_id_the_server_refuses_is_forgotten() {
+    bounded(async {
+        let server = Server::start(|n, headers| match (n, last_event_id(headers)) {
+            (0, _) => ok(vec![bytes("id: 7\ndata: a\n\n")]),
+            // As a server answers a Last-Event-ID it cannot take: the listener was stuck.
+            (_, Some(_)) => Reply {
+                status: 431,
+                content_type: "text/plain",
+                parts: vec![bytes("request header fields too large")],
+            },
+            (_, None) => ok(vec![bytes("id: 1\ndata: fresh\n\n"), Part::Stall]),
+        })
+        .await;
+        let (dispatch, mut rx) = collect();
+        let listener = start(spec(&server.url), dispatch);
+        assert_eq!(
+            take(&mut rx, 2).await,
+            [
+                ev(Some("7"), "message", "a"),
+                ev(Some("1"), "message", "fresh")
+            ]
+        );
+        listener.stop().await;
+        assert_eq!(server.last_event_ids(), [None, Some("7".to_owned()), None]);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_server_that_is_down_at_start_up_is_waited_for() {
     bounded(async {
         // A port with nothing listening (yet).
@@ -845,8 +931,8 @@ fn spec_from_settings_errors() {
     );
     assert_eq!(
         err("[feed]\nendpoint = http://h/\nidle_timeout = soon\n", None),
-        "farine.ini [feed] idle_timeout: expected a duration such as 60s, 500ms or 2m, or a \
-         number of seconds (0 disables it), got \"soon\""
+        "farine.ini [feed] idle_timeout: expected a duration of at most 7 days such as 60s, \
+         500ms or 2m, or a number of seconds (0 disables it), got \"soon\""
     );
     assert_eq!(
         err("[feed]\nendpoint = http://h/\nheader.Bad Name = x\n", None),
