@@ -22,7 +22,7 @@ const RESERVED: &[&str] = &[
     "unsafe", "unsized", "use", "virtual", "where", "while", "yield",
 ];
 
-/// Type names the generated `main.rs` already uses; a service type named like one of them
+/// Type names the generated `lib.rs` already uses; a service type named like one of them
 /// gets a `Service` suffix instead of breaking the build.
 const TAKEN_TYPES: &[&str] = &[
     "Box",
@@ -36,7 +36,11 @@ const TAKEN_TYPES: &[&str] = &[
     "Vec",
 ];
 
-const MAIN_RS: &str = r#"//! The __NAME__ service. Run it with `farine --start __NAME__`; configure it in the file named by FARINE_INI.
+/// The service lives in the library, so that other crates can depend on it for its typed
+/// client; the binary only runs it.
+const LIB_RS: &str = r#"//! The __NAME__ service, and `__TYPE__Client`, its typed client, which other crates use by
+//! depending on this one (see README.md). Run it with `farine --start __NAME__`; configure it
+//! in the file named by FARINE_INI.
 use farine::prelude::*;
 use serde::Deserialize;
 
@@ -50,6 +54,13 @@ pub struct __TYPE__;
 
 #[farine::service(name = "__SERVICE__")]
 impl __TYPE__ {
+    /// Callable as `__SERVICE__.hello(name)`: from Rust with `__TYPE__Client`, from the shell
+    /// with `farine call __SERVICE__.hello '["you"]'`.
+    #[rpc::method]
+    async fn hello(&self, name: String) -> String {
+        format!("Hello, {name}!")
+    }
+
     /// Handles every message published to exchange "__SERVICE__" with routing key "greet".
     #[amqp::consume(routing_key = "greet")]
     async fn greet(&self, greeting: Greeting) -> farine::Result<()> {
@@ -57,8 +68,10 @@ impl __TYPE__ {
         Ok(())
     }
 }
+"#;
 
-farine::main!();
+const MAIN_RS: &str = r#"//! Runs the __NAME__ service (defined in lib.rs): `farine --start __NAME__`.
+farine::main!(__SERVICE__);
 "#;
 
 const FARINE_INI: &str = r#"; Configuration of the __NAME__ service: run it with FARINE_INI pointing at this file.
@@ -73,7 +86,27 @@ const README_MD: &str = r#"# __NAME__
 
 A farine service. With RabbitMQ reachable at `amqp_uri` (see `farine.ini`), run it from this directory with
 `FARINE_INI=farine.ini farine --start .` (the `farine` command builds and runs it), or with
-`FARINE_INI=farine.ini cargo run`.
+`FARINE_INI=farine.ini cargo run`. Call it with `farine call __SERVICE__.hello '["you"]'`.
+
+The service is in `src/lib.rs`, so another crate calls it through its typed client,
+`__SERVICE__::__TYPE__Client`, by depending on this one:
+
+```toml
+[dependencies]
+__NAME__ = { path = "../__NAME__" }
+farine = __FARINE__
+tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
+```
+
+```rust
+#[tokio::main]
+async fn main() -> farine::Result<()> {
+    let config = farine::Config::from_env()?; // the file named by FARINE_INI
+    let client = __SERVICE__::__TYPE__Client::connect(&config).await?;
+    println!("{}", client.hello("you".to_string()).await?);
+    Ok(())
+}
+```
 "#;
 
 pub fn run(name: &str, parent: Option<&Path>) -> Result<(), Failure> {
@@ -82,14 +115,17 @@ pub fn run(name: &str, parent: Option<&Path>) -> Result<(), Failure> {
     check_free(&dir)?;
 
     let service = name.replace('-', "_");
+    let farine = farine_dependency();
     let fill = |template: &str| {
         template
             .replace("__NAME__", name)
             .replace("__SERVICE__", &service)
             .replace("__TYPE__", &type_name(name))
+            .replace("__FARINE__", &farine)
     };
     let files = [
-        ("Cargo.toml", cargo_toml(name)),
+        ("Cargo.toml", cargo_toml(name, &farine)),
+        ("src/lib.rs", fill(LIB_RS)),
         ("src/main.rs", fill(MAIN_RS)),
         ("farine.ini", fill(FARINE_INI)),
         ("README.md", fill(README_MD)),
@@ -188,11 +224,16 @@ fn type_name(name: &str) -> String {
     }
 }
 
-fn cargo_toml(name: &str) -> String {
-    let farine = match farine_path() {
+/// How a crate depends on farine: by path on the source this CLI was built from when it is
+/// still there, else by version.
+fn farine_dependency() -> String {
+    match farine_path() {
         Some(path) => format!("{{ path = {} }}", toml_string(&path.to_string_lossy())),
         None => "\"0.1\"".to_string(),
-    };
+    }
+}
+
+fn cargo_toml(name: &str, farine: &str) -> String {
     format!(
         r#"[package]
 name = "{name}"

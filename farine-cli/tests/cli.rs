@@ -269,39 +269,244 @@ fn new_creates_the_service_files() {
     );
     assert!(cargo_toml.contains("serde = { version = \"1\", features = [\"derive\"] }"));
 
+    // The service in the library (so that other crates get its typed client), run by main.rs.
+    let lib_rs = read("src/lib.rs");
+    assert!(lib_rs.contains("pub struct DemoSvc;"), "{lib_rs}");
+    assert!(lib_rs.contains("#[farine::service(name = \"demo_svc\")]"));
+    assert!(lib_rs.contains("#[rpc::method]"), "{lib_rs}");
+    assert!(lib_rs.contains("#[amqp::consume(routing_key = \"greet\")]"));
     let main_rs = read("src/main.rs");
-    assert!(main_rs.contains("pub struct DemoSvc;"), "{main_rs}");
-    assert!(main_rs.contains("#[farine::service(name = \"demo_svc\")]"));
-    assert!(main_rs.contains("#[amqp::consume(routing_key = \"greet\")]"));
-    assert!(main_rs.contains("farine::main!();"));
+    assert!(main_rs.contains("farine::main!(demo_svc);"), "{main_rs}");
 
     let ini = read("farine.ini");
     assert!(ini.contains("[DEFAULT]"), "{ini}");
     assert!(ini.contains("amqp_uri = ${AMQP_URI:amqp://guest:guest@127.0.0.1:5672/%2f}"));
     assert!(ini.contains("\n[demo_svc]\n"), "{ini}");
 
-    assert!(read("README.md").contains("FARINE_INI=farine.ini farine --start ."));
+    let readme = read("README.md");
+    assert!(
+        readme.contains("FARINE_INI=farine.ini farine --start ."),
+        "{readme}"
+    );
+    assert!(
+        readme.contains("demo_svc = { path = \"../demo_svc\" }"),
+        "{readme}"
+    );
+    assert!(
+        readme.contains("demo_svc::DemoSvcClient::connect"),
+        "{readme}"
+    );
 }
 
-/// Needs the farine macros (`service`, `amqp::consume`, `main!`) to be in place.
-#[test]
-fn new_service_builds() {
-    let tmp = temp_dir();
-    let output = run(farine().args(["new", "demo_svc", "--path"]).arg(tmp.path()));
+/// Where the crates these tests generate are built: one directory for all of them and for
+/// every run, so farine and its dependencies are compiled once rather than per test. (Not the
+/// workspace's own: its crates are built there with other features, and its lock is busy.)
+fn generated_target() -> PathBuf {
+    workspace_root().join("target").join("generated-crates")
+}
+
+/// `farine new NAME` in `parent`, pinned to the versions the workspace resolved (its
+/// `Cargo.lock`), so that nothing is resolved anew and the build reuses earlier ones.
+fn new_service(parent: &Path, name: &str) -> PathBuf {
+    let output = run(farine().args(["new", name, "--path"]).arg(parent));
     assert!(output.status.success(), "{}", text(&output.stderr));
+    let dir = parent.join(name);
+    pin_versions(&dir);
+    dir
+}
+
+fn pin_versions(dir: &Path) {
+    std::fs::copy(workspace_root().join("Cargo.lock"), dir.join("Cargo.lock"))
+        .expect("copy the workspace's Cargo.lock");
+}
+
+/// `cargo build` of the crate in `dir`, into [`generated_target`]; fails the test with cargo's
+/// diagnostics, else returns them (one line each).
+fn build(dir: &Path) -> String {
     let build = run(cargo()
-        .arg("build")
-        .current_dir(tmp.path().join("demo_svc"))
-        // Reuse the workspace's compiled dependencies.
-        .env(
-            "CARGO_TARGET_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../target"),
-        ));
+        .args(["build", "--message-format=short"])
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", generated_target()));
+    let diagnostics = text(&build.stderr);
     assert!(
         build.status.success(),
-        "generated crate does not build:\n{}",
-        text(&build.stderr)
+        "{} does not build:\n{diagnostics}",
+        dir.display()
     );
+    diagnostics
+}
+
+/// The code blocks of README.md fenced as ```LANG, each with the `## ` section it is in.
+fn readme_blocks(lang: &str) -> Vec<(String, String)> {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README.md");
+    let mut blocks = Vec::new();
+    let mut section = String::new();
+    let mut block: Option<String> = None;
+    for line in readme.lines() {
+        match &mut block {
+            Some(code) if line.trim_end() == "```" => {
+                blocks.push((section.clone(), std::mem::take(code)));
+                block = None;
+            }
+            Some(code) => {
+                code.push_str(line);
+                code.push('\n');
+            }
+            None if line.trim_end() == format!("```{lang}") => block = Some(String::new()),
+            None => {
+                if let Some(title) = line.strip_prefix("## ") {
+                    section = title.trim().to_string();
+                }
+            }
+        }
+    }
+    blocks
+}
+
+/// Every ```rust block of README.md, pasted into a crate made by `farine new`, builds there
+/// without a warning: a block with `#[farine::service]` as a module named after its service
+/// (so that `calc::CalcClient` in a later block is found), any other as the body of an async
+/// function. Whole programs (`fn main`) are the other crate's, built and run below.
+#[test]
+fn readme_examples_build_in_a_new_service_crate() {
+    let tmp = temp_dir();
+    let dir = new_service(tmp.path(), "readme_examples");
+    let lib_path = dir.join("src/lib.rs");
+    let mut lib = std::fs::read_to_string(&lib_path).expect("generated lib.rs");
+    let (mut services, mut snippets) = (Vec::new(), 0);
+    for (index, (section, code)) in readme_blocks("rust").into_iter().enumerate() {
+        if code.contains("fn main") {
+            continue;
+        }
+        if code
+            .lines()
+            .any(|line| line.starts_with("#[farine::service]"))
+        {
+            let ty = code
+                .split("\nimpl ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("no `impl Type` in a README block of {section:?}"));
+            let module = ty.to_lowercase();
+            // A module's `main` (from `farine::main!()`) and such are not used here.
+            let file = format!("// README.md, {section}\n#![allow(dead_code)]\n{code}");
+            std::fs::write(dir.join(format!("src/{module}.rs")), file).expect("write module");
+            lib.push_str(&format!("\npub mod {module};\n"));
+            services.push(module);
+        } else {
+            lib.push_str(&format!(
+                "\n// README.md, {section}\n#[allow(dead_code, unused_variables)]\n\
+                 async fn readme_block_{index}() -> Result<(), Box<dyn std::error::Error>> {{\n\
+                 {code}Ok(())\n}}\n"
+            ));
+            snippets += 1;
+        }
+    }
+    assert!(
+        services.len() >= 2 && snippets >= 1,
+        "README blocks: services {services:?}, {snippets} snippets"
+    );
+    std::fs::write(&lib_path, lib).expect("write lib.rs");
+
+    let diagnostics = build(&dir);
+    let warnings: Vec<&str> = diagnostics
+        .lines()
+        .filter(|line| line.starts_with("src/") && line.contains("warning"))
+        .collect();
+    assert!(
+        warnings.is_empty(),
+        "README code warns:\n{}",
+        warnings.join("\n")
+    );
+}
+
+/// A service stopped (SIGTERM, then SIGKILL) when the test ends, even when it fails.
+struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        if farine_test_support::wait_exit(&mut self.0, Duration::from_secs(10)).is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// README.md's "Calling a service from another crate", as written there: a crate made by
+/// `farine new greeter`, and a program depending on it (the README's `[dependencies]` and
+/// `main.rs`) that calls it through `GreeterClient`, against the real broker.
+#[test]
+fn another_crate_calls_a_new_service_through_its_typed_client() {
+    let section = "Calling a service from another crate";
+    let pick = |lang: &str| {
+        let mut blocks = readme_blocks(lang)
+            .into_iter()
+            .filter(|(s, _)| s == section);
+        let (_, code) = blocks
+            .next()
+            .unwrap_or_else(|| panic!("no ```{lang} block in README.md's {section:?}"));
+        code
+    };
+    let (dependencies, main_rs) = (pick("toml"), pick("rust"));
+
+    let tmp = temp_dir();
+    let service = new_service(tmp.path(), "greeter");
+    let caller = tmp.path().join("caller");
+    std::fs::create_dir_all(caller.join("src")).expect("create the caller crate");
+    // farine by path, as `farine new` writes it (the README shows a version).
+    let farine_path = workspace_root().join("farine");
+    let dependencies: String = dependencies
+        .lines()
+        .map(|line| match line.starts_with("farine =") {
+            true => format!(
+                "farine = {{ path = {:?} }}\n",
+                farine_path.display().to_string()
+            ),
+            false => format!("{line}\n"),
+        })
+        .collect();
+    std::fs::write(
+        caller.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"caller\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+             [workspace]\n\n{dependencies}"
+        ),
+    )
+    .expect("write the caller's Cargo.toml");
+    std::fs::write(caller.join("src/main.rs"), main_rs).expect("write the caller's main.rs");
+    pin_versions(&caller);
+    build(&service);
+    build(&caller);
+
+    let ini = tmp.path().join("farine.ini");
+    std::fs::write(&ini, farine_test_support::ini_defaults()).expect("write farine.ini");
+    let binary = |name: &str| generated_target().join("debug").join(name);
+    let _service = Service(
+        Command::new(binary("greeter"))
+            .env("FARINE_INI", &ini)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the greeter service"),
+    );
+    // Until the service has declared its queues, the call fails at once (unknown service).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let call = run(Command::new(binary("caller")).env("FARINE_INI", &ini));
+        if call.status.success() {
+            assert_eq!(text(&call.stdout), "Hello, newcomer!\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the caller never got a reply:\n{}",
+            text(&call.stderr)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
