@@ -5,6 +5,21 @@
 //! both are what `#[derive(Deserialize)]` gives. You never implement these traits; they exist
 //! so that a type that falls short is one compile error, on the type you wrote, in words.
 //!
+//! ```
+//! use farine::checks::{MessageBody, RpcReturn};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! pub struct Total {
+//!     pub cents: i64,
+//! }
+//!
+//! fn returnable<T: RpcReturn>() {}
+//! fn consumable<T: MessageBody>() {}
+//! returnable::<Total>();
+//! consumable::<Total>();
+//! ```
+//!
 //! How: each requirement is a trait with an `#[diagnostic::on_unimplemented]` message and a
 //! blanket impl marked `#[diagnostic::do_not_recommend]` (so rustc reports the requirement,
 //! not the serde bound behind it). `#[farine::service]` asserts it once with the user's type
