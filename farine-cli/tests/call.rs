@@ -1,6 +1,7 @@
 //! `farine call` against a service started in this test, over the real RabbitMQ.
 
 use farine::prelude::*;
+use farine_test_support::{amqp_uri, ini_defaults, require_rabbitmq};
 use std::process::Command;
 use std::time::Duration;
 
@@ -44,14 +45,9 @@ impl CliCalc {
 static HEAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static DONE: std::sync::Mutex<Vec<serde_json::Value>> = std::sync::Mutex::new(Vec::new());
 
-fn require_rabbitmq() {
-    let address = std::net::SocketAddr::from(([127, 0, 0, 1], 5672));
-    if std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_err() {
-        panic!("RabbitMQ is not reachable on 127.0.0.1:5672: start it with `rabbitmq-server -detached`");
-    }
+fn ini_text() -> String {
+    format!("{}[t_cli_calc]\nretry_attempts = 0\n", ini_defaults())
 }
-
-const INI: &str = "[DEFAULT]\namqp_uri = amqp://guest:guest@127.0.0.1:5672/%2f\n[t_cli_calc]\nretry_attempts = 0\n";
 
 fn farine_call(ini: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_farine"))
@@ -68,7 +64,7 @@ async fn farine_call_prints_results_streams_and_errors() {
     cleanup().await; // what a failed earlier run may have left
     let dir = tempfile::tempdir().unwrap();
     let ini = dir.path().join("farine.ini");
-    std::fs::write(&ini, INI).unwrap();
+    std::fs::write(&ini, ini_text()).unwrap();
     let config = farine::Config::load(&ini).unwrap();
     let running = farine::Runtime::new(config)
         .only(["t_cli_calc"])
@@ -123,12 +119,10 @@ async fn farine_call_prints_results_streams_and_errors() {
     // Dead letters: two failing jobs are parked, listed with their reason, then replayed.
     let publish = |ini: std::path::PathBuf| async move {
         let _ = ini;
-        let connection = lapin::Connection::connect(
-            "amqp://guest:guest@127.0.0.1:5672/%2f",
-            lapin::ConnectionProperties::default(),
-        )
-        .await
-        .unwrap();
+        let connection =
+            lapin::Connection::connect(&amqp_uri(), lapin::ConnectionProperties::default())
+                .await
+                .unwrap();
         let channel = connection.create_channel().await.unwrap();
         for n in [1, 2] {
             channel
@@ -196,7 +190,7 @@ async fn farine_call_prints_results_streams_and_errors() {
     HEAL.store(true, std::sync::atomic::Ordering::SeqCst);
     let replay = dlq(&["replay", "t_cli_calc.jobs"]).await;
     assert!(
-        text(&replay).contains("replayed 2 message(s)"),
+        text(&replay).contains("moved 2 message(s)"),
         "{} {}",
         text(&replay),
         err(&replay)
@@ -217,12 +211,10 @@ async fn farine_call_prints_results_streams_and_errors() {
 /// Deletes what the service declared.
 async fn cleanup() {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    let connection = lapin::Connection::connect(
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
+    let connection =
+        lapin::Connection::connect(&amqp_uri(), lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
     let channel = connection.create_channel().await.unwrap();
     for queue in ["t_cli_calc.jobs", "t_cli_calc.jobs.dlq"] {
         let _ = channel
@@ -268,12 +260,10 @@ impl CliPipe {
 
 async fn cleanup_pipe() {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    let connection = lapin::Connection::connect(
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
+    let connection =
+        lapin::Connection::connect(&amqp_uri(), lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
     let channel = connection.create_channel().await.unwrap();
     for queue in ["t_cli_pipe__numbers", "t_cli_pipe__numbers.dlq"] {
         let _ = channel
@@ -295,11 +285,7 @@ async fn farine_call_stops_when_its_output_is_closed_or_fails() {
     cleanup_pipe().await;
     let dir = tempfile::tempdir().unwrap();
     let ini = dir.path().join("farine.ini");
-    std::fs::write(
-        &ini,
-        "[DEFAULT]\namqp_uri = amqp://guest:guest@127.0.0.1:5672/%2f\n",
-    )
-    .unwrap();
+    std::fs::write(&ini, ini_defaults()).unwrap();
     let running = farine::Runtime::new(farine::Config::load(&ini).unwrap())
         .only(["t_cli_pipe"])
         .start()

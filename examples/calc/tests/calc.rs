@@ -1,36 +1,34 @@
 //! The calc example end to end, as a user runs it: the `calc` binary with the repository's
-//! `farine.ini.example`, called over RabbitMQ, then stopped with signals.
+//! `farine.ini.example` (its broker set to the tests' virtual host, where no other `calc`
+//! runs), called over RabbitMQ, then stopped with signals.
 
 use calc::CalcClient;
+use farine_test_support::{
+    amqp_uri, example_ini, ini_defaults, require_rabbitmq, wait_exit, Killed,
+};
 use futures::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const INI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../farine.ini.example");
 
 /// The tests that run calc share its queues: one at a time, so each talks to its own process.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn require_rabbitmq() {
-    let address = std::net::SocketAddr::from(([127, 0, 0, 1], 5672));
-    if std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_err() {
-        panic!("RabbitMQ is not reachable on 127.0.0.1:5672: start it with `rabbitmq-server -detached`");
-    }
-}
-
-fn start_calc() -> Child {
+/// The calc binary with the test copy of farine.ini.example, killed if the test fails.
+fn start_calc() -> Killed {
     require_rabbitmq();
-    Command::new(env!("CARGO_BIN_EXE_calc"))
-        .env("FARINE_INI", INI)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the calc binary starts")
+    Killed(
+        Command::new(env!("CARGO_BIN_EXE_calc"))
+            .env("FARINE_INI", example_ini())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the calc binary starts"),
+    )
 }
 
 /// Waits until calc answers, proving every entry point is attached.
@@ -50,22 +48,11 @@ async fn ready(client: &CalcClient) {
     }
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calc_serves_rpc_and_events_then_stops_on_sigterm() {
     let _serial = SERIAL.lock().await;
     let mut child = start_calc();
-    let config = farine::Config::load(INI).expect("farine.ini.example loads");
+    let config = farine::Config::load(example_ini()).expect("farine.ini.example loads");
     let client = CalcClient::connect(&config).await.expect("client connects");
     ready(&client).await;
 
@@ -80,12 +67,9 @@ async fn calc_serves_rpc_and_events_then_stops_on_sigterm() {
     assert_eq!(items, vec![0, 1, 2, 3, 4]);
 
     // The event path: an operation on calc/operations comes back as a sum on calc/results.
-    let connection = Connection::connect(
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
+    let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
     let queue = "t_calc_example.results";
     channel
@@ -142,12 +126,9 @@ async fn calc_serves_rpc_and_events_then_stops_on_sigterm() {
 
 /// Deletes what calc declared, so the tests leave nothing behind.
 async fn cleanup() {
-    let connection = Connection::connect(
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
+    let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
     let mut queues = vec!["calc__add".to_string(), "calc__count".to_string()];
     for queue in ["operations", "results"] {
@@ -172,7 +153,7 @@ async fn cleanup() {
 async fn a_second_signal_exits_at_once() {
     let _serial = SERIAL.lock().await;
     let mut child = start_calc();
-    let config = farine::Config::load(INI).unwrap();
+    let config = farine::Config::load(example_ini()).unwrap();
     let client = CalcClient::connect(&config).await.unwrap();
     ready(&client).await;
     // A call in flight keeps the graceful stop waiting; the second signal cuts it short.
@@ -227,7 +208,7 @@ fn an_unknown_key_value_stops_the_start_with_where_and_what() {
 async fn add_refuses_an_overflow_with_a_typed_error() {
     let _serial = SERIAL.lock().await;
     let mut child = start_calc();
-    let config = farine::Config::load(INI).expect("farine.ini.example loads");
+    let config = farine::Config::load(example_ini()).expect("farine.ini.example loads");
     let client = CalcClient::connect(&config).await.expect("client connects");
     ready(&client).await;
 
@@ -255,11 +236,7 @@ fn a_misspelt_key_stops_the_start_once_with_a_suggestion() {
     let dir = std::env::temp_dir().join(format!("farine-calc-typo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let ini = dir.join("farine.ini");
-    std::fs::write(
-        &ini,
-        "[DEFAULT]\namqp_uri = amqp://guest:guest@127.0.0.1:5672/%2f\n[calc]\nconcurency = 3\n",
-    )
-    .unwrap();
+    std::fs::write(&ini, format!("{}[calc]\nconcurency = 3\n", ini_defaults())).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_calc"))
         .env("FARINE_INI", &ini)
         .output()
