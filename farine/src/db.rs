@@ -6,6 +6,7 @@
 //! hold at most `db_stream_share` connections at once (half the pool by default): the rest
 //! stay free for short calls.
 
+use crate::backoff::Backoff;
 use crate::config::{redact_uri, ServiceConfig};
 use crate::{Error, Result};
 use sqlx::pool::PoolConnection;
@@ -212,7 +213,7 @@ impl Database {
             .idle_timeout(settings.idle_timeout)
             .acquire_timeout(settings.acquire_timeout)
             .connect_lazy_with(settings.options.clone());
-        let mut delay = Duration::from_millis(500);
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(8));
         for attempt in 1..=6 {
             match pool.acquire().await {
                 Ok(_) => {
@@ -227,9 +228,9 @@ impl Database {
                 // The server answered with a refusal (unknown role, bad password, no such
                 // database): waiting will not fix it.
                 Err(err) if attempt < 6 && !matches!(err, sqlx::Error::Database(_)) => {
+                    let delay = backoff.next();
                     tracing::warn!(service, database = %settings.shown, attempt, retry_in = ?delay, "cannot reach the database: {err}");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(8));
                 }
                 Err(err) => {
                     return Err(Error::Database {

@@ -54,6 +54,7 @@
 
 pub use farine_macros::execute_method as method;
 
+use crate::backoff::Backoff;
 use crate::context::ServiceContext;
 use crate::registry::{panic_text, HandlerResult, Outcome};
 use crate::{Error, Result};
@@ -65,8 +66,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// A failing method is never restarted sooner than this, whatever `restart_delay` says.
-pub const MIN_FAILURE_DELAY: Duration = Duration::from_millis(100);
+/// A failing method is never restarted sooner than this, whatever `restart_delay` says (the
+/// floor of every farine backoff).
+pub const MIN_FAILURE_DELAY: Duration = crate::backoff::MIN_DELAY;
 
 /// How one `#[execute::method]` entry point is supervised.
 ///
@@ -241,7 +243,7 @@ async fn supervise_launch(
         "supervised method started"
     );
     // Failed runs in a row since the last healthy one.
-    let mut failures: u32 = 0;
+    let mut backoff = Backoff::new(spec.restart_delay, spec.backoff_max).min(MIN_FAILURE_DELAY);
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
@@ -281,15 +283,16 @@ async fn supervise_launch(
         }
         let delay = match failure {
             None => {
-                failures = 0;
+                backoff.reset();
                 tracing::debug!(entry_point = label, "method returned: running it again");
                 spec.restart_delay
             }
             Some(reason) => {
                 if started.elapsed() >= spec.backoff_max {
-                    failures = 0;
+                    backoff.reset();
                 }
-                failures = failures.saturating_add(1);
+                let delay = backoff.next();
+                let failures = backoff.failures();
                 if let Some(max) = spec.max_restarts {
                     if failures > max {
                         let message = format!(
@@ -300,7 +303,6 @@ async fn supervise_launch(
                         return Err(Error::Runtime(message));
                     }
                 }
-                let delay = backoff(spec.restart_delay, spec.backoff_max, failures);
                 tracing::warn!(
                     entry_point = label,
                     failures,
@@ -343,12 +345,11 @@ async fn run_once(
 }
 
 /// The delay before restart number `failures` (1-based) of a failing method.
+#[cfg(test)]
 fn backoff(restart_delay: Duration, backoff_max: Duration, failures: u32) -> Duration {
-    let first = restart_delay.max(MIN_FAILURE_DELAY);
-    let doublings = failures.saturating_sub(1).min(31);
-    first
-        .saturating_mul(1 << doublings)
-        .min(backoff_max.max(first))
+    Backoff::new(restart_delay, backoff_max)
+        .min(MIN_FAILURE_DELAY)
+        .delay(failures)
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@
 //! (default `/etc/farine.ini`); `farine --start shop` builds and runs it.
 
 pub mod amqp;
+mod backoff;
 pub mod broker;
 pub mod checks;
 mod clip;

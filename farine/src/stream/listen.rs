@@ -3,6 +3,7 @@
 
 use super::parse::{Parsed, Parser, RawEvent, MAX_ID_BYTES};
 use super::{Event, EventHandler, ListenerSpec};
+use crate::backoff::Backoff;
 use crate::config::redact_uri;
 use crate::context::ServiceContext;
 use crate::registry::{panic_text, Outcome};
@@ -15,7 +16,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// No reconnection comes faster than this, whatever the settings or the server's `retry:` say.
-const MIN_DELAY: Duration = Duration::from_millis(100);
+const MIN_DELAY: Duration = crate::backoff::MIN_DELAY;
+
+/// The largest random addition to a reconnection delay, as a fraction of it.
+const JITTER: f64 = 0.25;
 
 /// A connection that ends sooner than this after it was opened counts as a failure for the
 /// backoff, even if it delivered events: a server that closes after each event (with
@@ -372,14 +376,12 @@ fn reconnect_delay(
     // A server that delivers then closes at once is honoured from its own retry:, backed off;
     // one that delivers nothing is not trusted to ask for faster than retry_min.
     let first = if received { base } else { base.max(retry_min) };
-    let cap = retry_max.max(first);
-    let doublings = (failures - 1).min(31);
-    first.saturating_mul(1 << doublings).min(cap)
+    Backoff::new(first, retry_max).delay(failures)
 }
 
 /// `delay` plus up to 25% more, at random.
 fn jitter(delay: Duration) -> Duration {
-    delay.mul_f64(1.0 + rand::random_range(0.0..0.25))
+    crate::backoff::add_jitter(delay, JITTER)
 }
 
 /// The headers every request carries: the SSE ones, then the configured ones (which may
