@@ -29,9 +29,8 @@ pub fn run(
         let broker = Broker::for_service(&settings)
             .await
             .map_err(|err| Failure::new(err.to_string()))?;
-        let properties = lapin::BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(settings.delivery_mode);
+        let properties =
+            farine::transport::Properties::json().with_delivery_mode(settings.delivery_mode);
         let sent = broker
             .publish(exchange, routing_key, &body, properties, !may_drop)
             .await;

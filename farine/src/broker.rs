@@ -1,45 +1,24 @@
-//! The connection to RabbitMQ: one connection for consuming and one for publishing per
-//! process (per broker URI), a confirm-mode channel shared by every publisher, topology
-//! declaration, and confirmed publishing where a nack or a returned message is an error.
+//! The broker a process talks to: one [`Transport`] per broker URI, shared by every service
+//! and client of the process (one connection for consuming and one for publishing), with
+//! what farine does on top of it: confirmed publishing where a nack or an unroutable
+//! mandatory message is an error.
 
 use crate::config::{AmqpUri, ExchangeKind, ServiceConfig};
-use crate::{Error, Result};
-use lapin::options::{
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+use crate::transport::amqp::Amqp;
+use crate::transport::{
+    Confirm, Declaration, Message, Moved, Outgoing, Properties, QueueOptions, Subscribe,
+    Subscription, Transport,
 };
-use lapin::types::FieldTable;
-use lapin::PublisherConfirm;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use crate::Result;
+use std::collections::HashMap;
+use std::sync::Arc;
 
-/// How long the first connection to a broker may take.
-pub const CONNECT_WAIT: Duration = Duration::from_secs(15);
+pub use crate::transport::amqp::{CONNECT_WAIT, PUBLISH_WAIT};
 
-/// How long a publish waits for a lost connection to come back before it fails.
-pub const PUBLISH_WAIT: Duration = Duration::from_secs(30);
-
-/// How a queue is declared.
-#[derive(Clone, Debug, Default)]
-pub struct QueueOptions {
-    pub durable: bool,
-    pub exclusive: bool,
-    pub auto_delete: bool,
-    pub arguments: FieldTable,
-}
-
-/// Both connections to one broker, and the publishing channel.
+/// A connected broker.
 pub struct Broker {
     uri: AmqpUri,
-    consume: Connection,
-    publish: Connection,
-    publish_channel: Channel,
-    /// Bumped each time the consuming connection is lost: waiting RPC calls fail at once.
-    losses: tokio::sync::watch::Receiver<u64>,
-    /// Exchanges already declared by this process, so each is declared once.
-    declared: Mutex<HashSet<String>>,
+    transport: Box<dyn Transport>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -85,109 +64,30 @@ impl Broker {
         Broker::connect_tls(&settings.amqp_uri, settings.heartbeat, ca).await
     }
 
-    /// Opens the two connections. `heartbeat` is in seconds (0 disables).
+    /// Connects to `uri`. `heartbeat` is in seconds (0 disables).
     pub async fn connect(uri: &AmqpUri, heartbeat: u16) -> Result<Broker> {
         Broker::connect_tls(uri, heartbeat, None).await
     }
 
     /// [`Broker::connect`], trusting the PEM certificates `ca` for `amqps://` as well.
     pub async fn connect_tls(uri: &AmqpUri, heartbeat: u16, ca: Option<String>) -> Result<Broker> {
-        let mut parsed: lapin::uri::AMQPUri = uri.expose().parse().map_err(|message: String| {
-            Error::Runtime(format!("amqp_uri {uri} is not a valid AMQP URI: {message}"))
-        })?;
-        parsed.query.heartbeat = Some(heartbeat);
-        // Without a frame size, lapin grows each connection's buffers to 4 MiB and touches
-        // every page: 16 MiB of resident memory for an idle service. 32 KiB frames keep it small.
-        if parsed.query.frame_max.is_none() {
-            parsed.query.frame_max = Some(32_768);
-        }
-        if parsed.query.connection_timeout.is_none() {
-            parsed.query.connection_timeout = Some(10_000);
-        }
-        let name = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "farine".into());
-        let open = |role: &str, recover: bool| {
-            let mut properties = ConnectionProperties::default()
-                .with_connection_name(format!("{name} ({role}, farine)").into());
-            if recover {
-                // lapin reconnects by itself and replays channels, queues, bindings,
-                // consumers, QoS and confirms; entry points wait for that with
-                // `wait_for_recovery`.
-                properties = properties
-                    .enable_auto_recover()
-                    .configure_backoff(|backoff| {
-                        backoff
-                            .with_min_delay(Duration::from_millis(200))
-                            .with_max_delay(Duration::from_secs(5))
-                            .with_jitter()
-                            .without_max_times()
-                    });
-            }
-            let tls = lapin::tcp::OwnedTLSConfig {
-                identity: None,
-                cert_chain: ca.clone(),
-            };
-            async {
-                let runtime = lapin::runtime::default_runtime()?;
-                Connection::connect_uri_with_config(parsed.clone(), properties, tls, runtime).await
-            }
-        };
-        let unreachable = |reason: String| {
-            Error::Runtime(format!(
-                "cannot connect to the broker at {uri}: {reason} (is RabbitMQ running and \
-                 reachable at that address? for amqps://, is its certificate trusted? see \
-                 amqp_ca_file)"
-            ))
-        };
-        let wait = humantime::format_duration(CONNECT_WAIT);
-        // With recovery on, lapin retries even the first connection, without end, in an IO
-        // thread nothing can stop: that thread outlived a failed start and panicked when the
-        // runtime shut down. So first one attempt without recovery (or retries), whose error
-        // is final: a refused connection, a bad certificate or bad credentials fail at once.
-        match tokio::time::timeout(CONNECT_WAIT, open("probe", false)).await {
-            Ok(Ok(probe)) => {
-                let _ = probe.close(200, "OK".into()).await;
-            }
-            Ok(Err(err)) => return Err(unreachable(err.to_string())),
-            Err(_) => return Err(unreachable(format!("no answer within {wait}"))),
-        }
-        // The broker answered: only now the connections that recover, still bounded.
-        let (unreachable, wait) = (&unreachable, &wait);
-        let connect = |role: &'static str| {
-            let attempt = open(role, true);
-            async move {
-                match tokio::time::timeout(CONNECT_WAIT, attempt).await {
-                    Ok(connected) => connected.map_err(Error::amqp(format!("connecting to {uri}"))),
-                    Err(_) => Err(unreachable(format!("no connection within {wait}"))),
-                }
-            }
-        };
-        let consume = connect("consume").await?;
-        let losses = watch_losses(&consume, uri);
-        let publish = connect("publish").await?;
-        let publish_channel = publish
-            .create_channel()
-            .await
-            .map_err(Error::amqp("opening the publishing channel"))?;
-        publish_channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(Error::amqp("enabling publisher confirms"))?;
-        Ok(Broker {
-            uri: uri.clone(),
-            consume,
-            publish,
-            publish_channel,
-            losses,
-            declared: Mutex::new(HashSet::new()),
-        })
+        let transport = Amqp::connect(uri, heartbeat, ca).await?;
+        Ok(Broker::on(uri.clone(), Box::new(transport)))
     }
 
-    /// Changes each time the connection is lost (lapin then reconnects by itself).
+    /// A broker over any transport.
+    pub fn on(uri: AmqpUri, transport: Box<dyn Transport>) -> Broker {
+        Broker { uri, transport }
+    }
+
+    /// The transport underneath.
+    pub fn transport(&self) -> &dyn Transport {
+        self.transport.as_ref()
+    }
+
+    /// Changes each time the connection is lost (the transport then reconnects by itself).
     pub fn losses(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.losses.clone()
+        self.transport.losses()
     }
 
     /// The URI, with its password hidden when displayed.
@@ -196,67 +96,16 @@ impl Broker {
     }
 
     pub fn is_connected(&self) -> bool {
-        self.consume.status().connected()
-            && self.publish.status().connected()
-            && self.publish_channel.status().connected()
+        self.transport.is_connected()
     }
 
-    /// A new channel on the consuming connection with `prefetch` unacked deliveries at most.
-    pub async fn consume_channel(&self, prefetch: u16) -> Result<Channel> {
-        let channel = self
-            .consume
-            .create_channel()
-            .await
-            .map_err(Error::amqp("opening a consuming channel"))?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(Error::amqp(format!("setting prefetch {prefetch}")))?;
-        Ok(channel)
+    /// Declares topology; an exchange once per process, and one that exists with other
+    /// settings is used as it is, with a warning.
+    pub async fn declare(&self, topology: &[Declaration]) -> Result<()> {
+        self.transport.declare(topology).await
     }
 
-    /// A private queue of this process (exclusive, deleted with the connection), optionally
-    /// bound, and consumed without acks: for replies and notices that mean nothing once the
-    /// process is gone. Named by the caller, so lapin's recovery declares the same queue again.
-    pub async fn private_queue(
-        &self,
-        queue: &str,
-        bind: Option<(&str, &str)>,
-    ) -> Result<(Channel, lapin::Consumer)> {
-        let channel = self.consume_channel(0).await?;
-        let options = QueueOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..Default::default()
-        };
-        Broker::declare_queue(&channel, queue, &options, bind).await?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                lapin::options::BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(Error::amqp(format!("consuming queue {queue:?}")))?;
-        Ok((channel, consumer))
-    }
-
-    /// A short-lived channel for declarations whose failure (for example an exchange that
-    /// exists with another type) must not close a channel that carries traffic. On the
-    /// consuming connection, which owns the exclusive queues it may bind.
-    pub async fn scratch_channel(&self) -> Result<Channel> {
-        self.consume
-            .create_channel()
-            .await
-            .map_err(Error::amqp("opening a declaration channel"))
-    }
-
-    /// Declares `exchange` once per process. An exchange that already exists with other
-    /// settings is used as it is, with a warning: publishing to it still works.
+    /// Declares one exchange (see [`Broker::declare`]).
     pub async fn declare_exchange(
         &self,
         exchange: &str,
@@ -264,230 +113,119 @@ impl Broker {
         durable: bool,
         auto_delete: bool,
     ) -> Result<()> {
-        if exchange.is_empty() || self.is_declared(exchange) {
-            return Ok(());
-        }
-        let channel = self.scratch_channel().await?;
-        let options = ExchangeDeclareOptions {
+        self.declare(&[Declaration::Exchange {
+            name: exchange.to_string(),
+            kind,
             durable,
             auto_delete,
-            ..Default::default()
-        };
-        let result = channel
-            .exchange_declare(exchange.into(), kind.into(), options, FieldTable::default())
-            .await;
-        match result {
-            Ok(()) => {
-                let _ = channel.close(200, "OK".into()).await;
-            }
-            Err(err) if is_precondition_failed(&err) => {
-                tracing::warn!(
-                    exchange,
-                    kind = kind.as_str(),
-                    durable,
-                    "exchange exists with other settings; using it as it is: {err}"
-                );
-            }
-            Err(err) => {
-                return Err(Error::Amqp {
-                    context: format!("declaring exchange {exchange:?} ({})", kind.as_str()),
-                    source: err,
-                })
-            }
-        }
-        self.declared
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(exchange.to_string());
-        Ok(())
+        }])
+        .await
     }
 
-    fn is_declared(&self, exchange: &str) -> bool {
-        self.declared
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .contains(exchange)
-    }
-
-    /// Declares `queue` on `channel` (and binds it to `exchange` with `routing_key` when an
-    /// exchange is given).
-    pub async fn declare_queue(
-        channel: &Channel,
-        queue: &str,
-        options: &QueueOptions,
-        bind: Option<(&str, &str)>,
-    ) -> Result<()> {
-        let declare = QueueDeclareOptions {
-            durable: options.durable,
-            exclusive: options.exclusive,
-            auto_delete: options.auto_delete,
-            ..Default::default()
-        };
-        channel
-            .queue_declare(queue.into(), declare, options.arguments.clone())
-            .await
-            .map_err(Error::amqp(format!("declaring queue {queue:?}")))?;
-        if let Some((exchange, routing_key)) = bind {
-            channel
-                .queue_bind(
-                    queue.into(),
-                    exchange.into(),
-                    routing_key.into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(Error::amqp(format!(
-                    "binding queue {queue:?} to exchange {exchange:?} with routing key {routing_key:?}"
-                )))?;
-        }
-        Ok(())
+    /// Whether `exchange` exists.
+    pub async fn exchange_exists(&self, exchange: &str) -> Result<bool> {
+        self.transport.exchange_exists(exchange).await
     }
 
     /// Publishes and waits for the broker's confirm. With `mandatory`, a message no queue
-    /// receives is an [`Error::Unroutable`]; a broker nack is an [`Error::Nacked`].
+    /// receives is an [`crate::Error::Unroutable`]; a broker nack is an [`crate::Error::Nacked`].
     pub async fn publish(
         &self,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
-        properties: BasicProperties,
+        properties: Properties,
         mandatory: bool,
     ) -> Result<()> {
-        let confirm = self
-            .publish_pending(exchange, routing_key, body, properties, mandatory)
-            .await?;
-        self.settle(exchange, routing_key, confirm).await
+        self.publish_pending(exchange, routing_key, body, properties, mandatory)
+            .await?
+            .await
     }
 
-    /// Publishes without waiting for the confirm, so several can be in flight; pass the
-    /// returned confirm to [`Broker::settle`].
+    /// Publishes without waiting for the confirm, so several can be in flight; await the
+    /// returned [`Confirm`].
     pub async fn publish_pending(
         &self,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
-        properties: BasicProperties,
+        properties: Properties,
         mandatory: bool,
-    ) -> Result<PublisherConfirm> {
-        let deadline = tokio::time::Instant::now() + PUBLISH_WAIT;
-        loop {
-            let published = self
-                .publish_channel
-                .basic_publish(
-                    exchange.into(),
-                    routing_key.into(),
-                    BasicPublishOptions {
-                        mandatory,
-                        ..Default::default()
-                    },
-                    body,
-                    properties.clone(),
-                )
-                .await;
-            let err = match published {
-                Ok(confirm) => return Ok(confirm),
-                Err(err) => err,
-            };
-            // The connection is down: wait for lapin to bring it back, within a bound.
-            let recovered = tokio::time::timeout_at(
-                deadline,
-                self.publish_channel.wait_for_recovery(err.clone()),
-            )
-            .await;
-            match recovered {
-                Ok(Ok(())) => continue,
-                Ok(Err(source)) => {
-                    return Err(Error::Amqp {
-                        context: publishing(exchange, routing_key),
-                        source,
-                    })
-                }
-                Err(_) => {
-                    return Err(Error::Runtime(format!(
-                        "{}: the broker {} is unreachable; gave up after waiting {} for the connection ({err})",
-                        publishing(exchange, routing_key),
-                        self.uri,
-                        humantime::format_duration(PUBLISH_WAIT)
-                    )))
-                }
-            }
-        }
+    ) -> Result<Confirm> {
+        self.transport
+            .publish(Outgoing {
+                exchange,
+                routing_key,
+                body,
+                properties,
+                mandatory,
+            })
+            .await
     }
 
-    /// Waits for a publish's confirm: a nack or a returned (unroutable) message is an error.
-    pub async fn settle(
+    /// Consumes a queue (declaring its topology first).
+    pub async fn subscribe(&self, subscribe: Subscribe) -> Result<Box<dyn Subscription>> {
+        self.transport.subscribe(subscribe).await
+    }
+
+    /// A private queue of this process (exclusive, deleted with the connection), optionally
+    /// bound, and consumed without acks: for replies and notices that mean nothing once the
+    /// process is gone. Named by the caller, so it is declared again as it was after a
+    /// reconnection.
+    pub async fn private_queue(
         &self,
-        exchange: &str,
-        routing_key: &str,
-        confirm: PublisherConfirm,
-    ) -> Result<()> {
-        let confirmation = confirm.await.map_err(|source| Error::Amqp {
-            context: publishing(exchange, routing_key),
-            source,
-        })?;
-        match confirmation {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(Error::Unroutable {
-                exchange: exchange.into(),
-                routing_key: routing_key.into(),
-            }),
-            Confirmation::Nack(_) => Err(Error::Nacked {
-                exchange: exchange.into(),
-                routing_key: routing_key.into(),
-            }),
+        label: String,
+        queue: &str,
+        bind: Option<(&str, &str)>,
+    ) -> Result<Box<dyn Subscription>> {
+        let mut topology = vec![Declaration::Queue {
+            name: queue.to_string(),
+            options: QueueOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+        }];
+        if let Some((exchange, routing_key)) = bind {
+            topology.push(Declaration::Bind {
+                queue: queue.to_string(),
+                exchange: exchange.to_string(),
+                routing_key: routing_key.to_string(),
+            });
         }
+        self.subscribe(Subscribe {
+            label,
+            queue: queue.to_string(),
+            prefetch: 0,
+            no_ack: true,
+            topology,
+        })
+        .await
     }
 
-    /// Closes both connections; unacked deliveries go back to their queues.
+    /// Messages ready in `queue`; `None` when it does not exist.
+    pub async fn message_count(&self, queue: &str) -> Result<Option<usize>> {
+        self.transport.message_count(queue).await
+    }
+
+    /// Up to `limit` messages of `queue`, oldest first, left in place.
+    pub async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<Message>> {
+        self.transport.peek(queue, limit).await
+    }
+
+    /// Moves up to `limit` messages from queue `from` into queue `to`, transactionally.
+    pub async fn move_messages(
+        &self,
+        from: &str,
+        to: &str,
+        limit: usize,
+        rewrite: &(dyn Fn(&Properties) -> Properties + Send + Sync),
+    ) -> Result<Moved> {
+        self.transport.move_messages(from, to, limit, rewrite).await
+    }
+
+    /// Closes the connections; unacked deliveries go back to their queues.
     pub async fn close(&self) {
-        let _ = self.publish_channel.close(200, "OK".into()).await;
-        let _ = self.consume.close(200, "farine shutdown".into()).await;
-        let _ = self.publish.close(200, "farine shutdown".into()).await;
-    }
-}
-
-/// Watches the connection's state and counts its losses, logging them and the reconnections.
-/// (Polled: lapin reports a connection forced closed by the broker on no event stream.)
-fn watch_losses(connection: &Connection, uri: &AmqpUri) -> tokio::sync::watch::Receiver<u64> {
-    let (sender, receiver) = tokio::sync::watch::channel(0u64);
-    let status = connection.status().clone();
-    let uri = uri.clone();
-    tokio::spawn(async move {
-        let mut was_up = true;
-        loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if sender.is_closed() {
-                return;
-            }
-            let up = status.connected();
-            if was_up && !up {
-                tracing::warn!(broker = %uri, "connection lost, reconnecting");
-                sender.send_modify(|losses| *losses += 1);
-            } else if !was_up && up {
-                tracing::info!(broker = %uri, "reconnected");
-            }
-            was_up = up;
-        }
-    });
-    receiver
-}
-
-fn publishing(exchange: &str, routing_key: &str) -> String {
-    format!("publishing to exchange {exchange:?} with routing key {routing_key:?}")
-}
-
-fn is_precondition_failed(err: &lapin::Error) -> bool {
-    err.to_string().contains("PRECONDITION_FAILED")
-}
-
-impl From<ExchangeKind> for lapin::ExchangeKind {
-    fn from(kind: ExchangeKind) -> Self {
-        match kind {
-            ExchangeKind::Direct => lapin::ExchangeKind::Direct,
-            ExchangeKind::Topic => lapin::ExchangeKind::Topic,
-            ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
-            ExchangeKind::Headers => lapin::ExchangeKind::Headers,
-        }
+        self.transport.close().await
     }
 }

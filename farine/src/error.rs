@@ -34,12 +34,13 @@ pub enum Error {
     /// The configuration file could not be read or parsed.
     #[error("{}: {message}", file.display())]
     ConfigFile { file: PathBuf, message: String },
-    /// The broker could not be reached or refused an operation.
+    /// The broker could not be reached or refused an operation (the transport's own error
+    /// is the source).
     #[error("AMQP {context}: {source}")]
     Amqp {
         context: String,
         #[source]
-        source: lapin::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The broker negatively acknowledged a published message.
     #[error("the broker refused (nack) the message published to exchange {exchange:?} with routing key {routing_key:?}")]
@@ -134,9 +135,14 @@ impl Error {
         }
     }
 
-    pub(crate) fn amqp(context: impl Into<String>) -> impl FnOnce(lapin::Error) -> Error {
+    pub(crate) fn amqp<E: std::error::Error + Send + Sync + 'static>(
+        context: impl Into<String>,
+    ) -> impl FnOnce(E) -> Error {
         let context = context.into();
-        move |source| Error::Amqp { context, source }
+        move |source| Error::Amqp {
+            context,
+            source: Box::new(source),
+        }
     }
 
     pub(crate) fn json(context: impl Into<String>) -> impl FnOnce(serde_json::Error) -> Error {

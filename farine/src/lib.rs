@@ -38,7 +38,6 @@
 //! (default `/etc/farine.ini`); `farine --start shop` builds and runs it.
 
 pub mod amqp;
-mod backoff;
 pub mod broker;
 pub mod checks;
 mod clip;
@@ -54,6 +53,7 @@ mod retry;
 pub mod rpc;
 pub mod runtime;
 pub mod stream;
+pub mod transport;
 
 pub use config::Config;
 pub use error::{Error, Result};

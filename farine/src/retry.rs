@@ -11,13 +11,11 @@
 //! The main queue gets no arguments, so it stays compatible with peers (Python farine) that
 //! declare it plainly. A failed message is acked only after its copy was confirmed.
 
-use crate::broker::{Broker, QueueOptions};
+use crate::broker::Broker;
 use crate::clip::clip;
 use crate::config::ServiceConfig;
+use crate::transport::{Declaration, HeaderValue, Headers, Message, Properties, QueueOptions};
 use crate::Result;
-use lapin::message::Delivery;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel};
 use std::time::Duration;
 
 pub(crate) const ATTEMPTS: &str = "x-farine-attempts";
@@ -68,40 +66,33 @@ fn retry_queue(queue: &str, delay_ms: u64) -> String {
     format!("{queue}.retry.{delay_ms}ms")
 }
 
-/// Declares the dead-letter queue and the delay queues of `queue`.
-pub(crate) async fn declare(channel: &Channel, queue: &str, policy: &RetryPolicy) -> Result<()> {
-    declare_dead_letter_queue(channel, queue).await?;
+/// The dead-letter queue and the delay queues of `queue`.
+pub(crate) fn topology(queue: &str, policy: &RetryPolicy) -> Vec<Declaration> {
+    let mut topology = vec![dead_letter_topology(queue)];
     for delay_ms in policy.steps() {
-        let mut arguments = FieldTable::default();
-        arguments.insert(
-            "x-message-ttl".into(),
-            AMQPValue::LongLongInt(delay_ms as i64),
-        );
-        arguments.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
-        );
-        arguments.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(queue.into()),
-        );
-        let options = QueueOptions {
-            durable: true,
-            arguments,
-            ..Default::default()
-        };
-        Broker::declare_queue(channel, &retry_queue(queue, delay_ms), &options, None).await?;
+        topology.push(Declaration::Queue {
+            name: retry_queue(queue, delay_ms),
+            options: QueueOptions {
+                durable: true,
+                message_ttl_ms: Some(delay_ms),
+                dead_letter_exchange: Some(String::new()),
+                dead_letter_routing_key: Some(queue.to_string()),
+                ..Default::default()
+            },
+        });
     }
-    Ok(())
+    topology
 }
 
-/// Declares only the dead-letter queue of `queue` (RPC requests are answered, not retried).
-pub(crate) async fn declare_dead_letter_queue(channel: &Channel, queue: &str) -> Result<()> {
-    let durable = QueueOptions {
-        durable: true,
-        ..Default::default()
-    };
-    Broker::declare_queue(channel, &dead_letter_queue(queue), &durable, None).await
+/// Only the dead-letter queue of `queue` (RPC requests are answered, not retried).
+pub(crate) fn dead_letter_topology(queue: &str) -> Declaration {
+    Declaration::Queue {
+        name: dead_letter_queue(queue),
+        options: QueueOptions {
+            durable: true,
+            ..Default::default()
+        },
+    }
 }
 
 /// Where a failed delivery came from and how often it was tried, as farine may trust it.
@@ -122,11 +113,11 @@ pub(crate) struct Origin {
 }
 
 impl Origin {
-    pub fn of(delivery: &Delivery, queue: &str) -> Origin {
+    pub fn of(delivery: &Message, queue: &str) -> Origin {
         let properties = &delivery.properties;
         let arrived = || Origin {
-            exchange: delivery.exchange.as_str().to_string(),
-            routing_key: delivery.routing_key.as_str().to_string(),
+            exchange: delivery.exchange.clone(),
+            routing_key: delivery.routing_key.clone(),
             attempts: 0,
         };
         let first = arrived();
@@ -147,131 +138,82 @@ impl Origin {
 }
 
 /// Whether the broker dead-lettered this delivery to `queue` from one of its delay queues.
-fn came_back_from_retry(delivery: &Delivery, queue: &str) -> bool {
-    if !delivery.exchange.as_str().is_empty() || delivery.routing_key.as_str() != queue {
+fn came_back_from_retry(delivery: &Message, queue: &str) -> bool {
+    if !delivery.exchange.is_empty() || delivery.routing_key != queue {
         return false;
     }
-    let Some(AMQPValue::FieldArray(deaths)) = header(&delivery.properties, "x-death") else {
+    let Some(HeaderValue::List(deaths)) = delivery.properties.headers.get("x-death") else {
         return false;
     };
     // The broker keeps the most recent death first.
-    let Some(AMQPValue::FieldTable(newest)) = deaths.as_slice().first() else {
+    let Some(HeaderValue::Table(newest)) = deaths.first() else {
         return false;
     };
-    let field = |key: &str| match newest.inner().get(key) {
-        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
-        _ => None,
-    };
+    let field = |key: &str| newest.get(key).and_then(HeaderValue::as_text);
     let retry_prefix = format!("{queue}.retry.");
-    field("reason").as_deref() == Some("expired")
+    field("reason") == Some("expired")
         && field("queue").is_some_and(|q| q.starts_with(&retry_prefix))
 }
 
 /// How many times this message was already retried, by its `x-farine-attempts` header.
-pub(crate) fn attempts(properties: &BasicProperties) -> u32 {
-    header(properties, ATTEMPTS)
-        .and_then(|value| match value {
-            AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
-            AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
-            AMQPValue::LongUInt(n) => Some(*n),
-            AMQPValue::ShortInt(n) => u32::try_from(*n).ok(),
-            AMQPValue::ShortUInt(n) => Some(u32::from(*n)),
-            _ => None,
-        })
+pub(crate) fn attempts(properties: &Properties) -> u32 {
+    properties
+        .headers
+        .get(ATTEMPTS)
+        .and_then(HeaderValue::as_int)
+        .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(0)
 }
 
-fn header<'a>(properties: &'a BasicProperties, key: &str) -> Option<&'a AMQPValue> {
-    properties
-        .headers()
-        .as_ref()
-        .and_then(|headers| headers.inner().get(key))
-}
-
-/// A text header (long or short string), as farine writes them.
-pub(crate) fn header_text(properties: &BasicProperties, key: &str) -> Option<String> {
-    match header(properties, key)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-        _ => None,
-    }
+/// A text header, as farine writes them.
+pub(crate) fn header_text(properties: &Properties, key: &str) -> Option<String> {
+    properties.header_text(key).map(str::to_string)
 }
 
 /// The sender's headers without any `x-farine-*` one.
-pub(crate) fn foreign_headers(properties: &BasicProperties) -> FieldTable {
-    let mut kept = FieldTable::default();
-    if let Some(headers) = properties.headers() {
-        for (key, value) in headers.inner() {
-            if !key.as_str().starts_with(FARINE_PREFIX) {
-                kept.insert(key.clone(), value.clone());
-            }
-        }
-    }
-    kept
+pub(crate) fn foreign_headers(properties: &Properties) -> Headers {
+    properties
+        .headers
+        .iter()
+        .filter(|(key, _)| !key.starts_with(FARINE_PREFIX))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
 }
 
 /// The properties of a copy farine keeps (a retry or a parked message): the sender's content
 /// properties and headers, farine's headers, always persistent, and never the sender's
 /// `expiration` (a parked message stays until someone replays or deletes it) nor `user_id`
 /// (the broker checks it against the publishing connection's user).
-pub(crate) fn kept_properties(
-    properties: &BasicProperties,
-    headers: FieldTable,
-) -> BasicProperties {
-    let mut kept = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_headers(headers);
-    if let Some(v) = properties.content_type() {
-        kept = kept.with_content_type(v.clone());
+pub(crate) fn kept_properties(properties: &Properties, headers: Headers) -> Properties {
+    Properties {
+        headers,
+        delivery_mode: Some(2),
+        expiration: None,
+        user_id: None,
+        ..properties.clone()
     }
-    if let Some(v) = properties.content_encoding() {
-        kept = kept.with_content_encoding(v.clone());
-    }
-    if let Some(v) = properties.priority() {
-        kept = kept.with_priority(*v);
-    }
-    if let Some(v) = properties.correlation_id() {
-        kept = kept.with_correlation_id(v.clone());
-    }
-    if let Some(v) = properties.reply_to() {
-        kept = kept.with_reply_to(v.clone());
-    }
-    if let Some(v) = properties.message_id() {
-        kept = kept.with_message_id(v.clone());
-    }
-    if let Some(v) = properties.timestamp() {
-        kept = kept.with_timestamp(*v);
-    }
-    if let Some(v) = properties.kind() {
-        kept = kept.with_type(v.clone());
-    }
-    if let Some(v) = properties.app_id() {
-        kept = kept.with_app_id(v.clone());
-    }
-    kept
 }
 
 /// The properties of a failed delivery's copy: the sender's, with farine's headers (origin,
 /// queue, and `extra`) in place of any `x-farine-*` the sender wrote.
 fn annotated(
-    delivery: &Delivery,
+    delivery: &Message,
     origin: &Origin,
     queue: &str,
-    extra: &[(&str, AMQPValue)],
-) -> BasicProperties {
+    extra: Vec<(&str, HeaderValue)>,
+) -> Properties {
     let mut headers = foreign_headers(&delivery.properties);
     headers.insert(
         ORIGINAL_EXCHANGE.into(),
-        AMQPValue::LongString(origin.exchange.as_str().into()),
+        HeaderValue::Text(origin.exchange.clone()),
     );
     headers.insert(
         ORIGINAL_ROUTING_KEY.into(),
-        AMQPValue::LongString(origin.routing_key.as_str().into()),
+        HeaderValue::Text(origin.routing_key.clone()),
     );
-    headers.insert(QUEUE.into(), AMQPValue::LongString(queue.into()));
+    headers.insert(QUEUE.into(), HeaderValue::Text(queue.to_string()));
     for (key, value) in extra {
-        headers.insert(ShortString::from(*key), value.clone());
+        headers.insert(key.to_string(), value);
     }
     kept_properties(&delivery.properties, headers)
 }
@@ -281,7 +223,7 @@ fn annotated(
 pub(crate) async fn retry_or_dead_letter(
     broker: &Broker,
     queue: &str,
-    delivery: &Delivery,
+    delivery: &Message,
     reason: &str,
     policy: &RetryPolicy,
 ) -> Result<()> {
@@ -294,7 +236,6 @@ pub(crate) async fn retry_or_dead_letter(
     let delay_ms = policy.delay_ms(done);
     tracing::warn!(
         queue,
-        delivery_tag = delivery.delivery_tag,
         attempt = done + 1,
         retry_in_ms = delay_ms,
         "handler failed: {reason}"
@@ -303,16 +244,16 @@ pub(crate) async fn retry_or_dead_letter(
         delivery,
         &origin,
         queue,
-        &[
-            (ATTEMPTS, AMQPValue::LongLongInt(i64::from(done + 1))),
-            (ERROR, AMQPValue::LongString(LongString::from(&*reason))),
+        vec![
+            (ATTEMPTS, HeaderValue::Int(i64::from(done + 1))),
+            (ERROR, HeaderValue::Text(reason.to_string())),
         ],
     );
     broker
         .publish(
             "",
             &retry_queue(queue, delay_ms),
-            &delivery.data,
+            &delivery.body,
             properties,
             true,
         )
@@ -323,26 +264,26 @@ pub(crate) async fn retry_or_dead_letter(
 pub(crate) async fn dead_letter(
     broker: &Broker,
     queue: &str,
-    delivery: &Delivery,
+    delivery: &Message,
     reason: &str,
     attempts: u32,
 ) -> Result<()> {
     let dlq = dead_letter_queue(queue);
     let origin = Origin::of(delivery, queue);
     let reason = clip(reason);
-    tracing::error!(queue, delivery_tag = delivery.delivery_tag, attempts, dead_letter_queue = %dlq, "message dead-lettered: {reason}");
+    tracing::error!(queue, attempts, dead_letter_queue = %dlq, "message dead-lettered: {reason}");
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let properties = annotated(
         delivery,
         &origin,
         queue,
-        &[
-            (ATTEMPTS, AMQPValue::LongLongInt(i64::from(attempts))),
-            (ERROR, AMQPValue::LongString(LongString::from(&*reason))),
-            (FAILED_AT, AMQPValue::LongString(LongString::from(now))),
+        vec![
+            (ATTEMPTS, HeaderValue::Int(i64::from(attempts))),
+            (ERROR, HeaderValue::Text(reason.to_string())),
+            (FAILED_AT, HeaderValue::Text(now)),
         ],
     );
     broker
-        .publish("", &dlq, &delivery.data, properties, true)
+        .publish("", &dlq, &delivery.body, properties, true)
         .await
 }

@@ -2,24 +2,21 @@
 //! method for each delivery, concurrently up to the entry point's prefetch, and acks only
 //! after the method returned `Ok` (or after a failed message was safely re-queued elsewhere).
 
-use crate::broker::{Broker, QueueOptions};
+use crate::broker::Broker;
 use crate::config::{ExchangeKind, ServiceConfig};
 use crate::context::ServiceContext;
-use crate::deliveries::{Declare, Subscription};
+use crate::deliveries::DeliveryLoop;
 use crate::registry::{ConsumeEntry, Outcome};
 use crate::retry::{self, RetryPolicy};
+use crate::transport::{Declaration, Delivery, QueueOptions, Subscribe};
 use crate::{Error, Result};
-use futures::FutureExt;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::FieldTable;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// A consume entry point that is declared and attached to its queue.
 pub(crate) struct Attached {
-    subscription: Subscription,
+    deliveries: DeliveryLoop,
     shared: Arc<Shared>,
 }
 
@@ -53,68 +50,60 @@ pub(crate) async fn attach(
         None if spec.exchange == service => settings.exchange_type,
         None => ExchangeKind::Direct,
     };
-    let channel = broker.consume_channel(prefetch).await?;
     let policy = RetryPolicy::from_settings(settings);
-    let declare: Declare = {
-        let broker = broker.clone();
-        let (exchange, routing_key) = (spec.exchange, spec.routing_key);
-        let queue = queue.clone();
-        let policy = policy.clone();
-        let auto_declare = settings.auto_declare;
-        let (durable, auto_delete) = (settings.durable, settings.auto_delete);
-        let options = QueueOptions {
-            durable,
-            exclusive: settings.exclusive,
-            auto_delete,
-            arguments: FieldTable::default(),
-        };
-        Arc::new(move |channel| {
-            let (broker, queue, policy, options) = (
-                broker.clone(),
-                queue.clone(),
-                policy.clone(),
-                options.clone(),
-            );
-            async move {
-                if auto_declare {
-                    broker
-                        .declare_exchange(exchange, kind, durable, auto_delete)
-                        .await?;
-                    Broker::declare_queue(
-                        &channel,
-                        &queue,
-                        &options,
-                        Some((exchange, routing_key)),
-                    )
-                    .await?;
-                }
-                retry::declare(&channel, &queue, &policy).await
-            }
-            .boxed()
-        })
-    };
-    let subscription = Subscription::start(label.clone(), queue.clone(), channel, declare).await?;
+    let mut topology = Vec::new();
+    if settings.auto_declare {
+        topology.push(Declaration::Exchange {
+            name: spec.exchange.to_string(),
+            kind,
+            durable: settings.durable,
+            auto_delete: settings.auto_delete,
+        });
+        topology.push(Declaration::Queue {
+            name: queue.clone(),
+            options: QueueOptions {
+                durable: settings.durable,
+                exclusive: settings.exclusive,
+                auto_delete: settings.auto_delete,
+                ..Default::default()
+            },
+        });
+        topology.push(Declaration::Bind {
+            queue: queue.clone(),
+            exchange: spec.exchange.to_string(),
+            routing_key: spec.routing_key.to_string(),
+        });
+    }
+    topology.extend(retry::topology(&queue, &policy));
+    let deliveries = DeliveryLoop::start(
+        &broker,
+        Subscribe {
+            label: label.clone(),
+            queue: queue.clone(),
+            prefetch,
+            no_ack: false,
+            topology,
+        },
+    )
+    .await?;
     tracing::info!(entry_point = %label, queue = %queue, exchange = spec.exchange, routing_key = spec.routing_key, prefetch, "consumer attached");
     let max_message_bytes = settings.max_message_bytes;
     let shared = Arc::new(Shared {
         entry,
         context: context.clone(),
         broker,
-        queue: queue.clone(),
+        queue,
         policy,
         max_message_bytes,
     });
-    Ok(Attached {
-        subscription,
-        shared,
-    })
+    Ok(Attached { deliveries, shared })
 }
 
 impl Attached {
     /// Handles deliveries until `shutdown`, then lets the in-flight ones finish within `grace`.
     pub(crate) async fn run(self, shutdown: CancellationToken, grace: Duration) -> Result<()> {
         let shared = self.shared;
-        self.subscription
+        self.deliveries
             .run(shutdown, grace, move |delivery| {
                 handle(shared.clone(), delivery)
             })
@@ -125,51 +114,41 @@ impl Attached {
 /// Runs the handler for one delivery and settles it with the broker.
 async fn handle(shared: Arc<Shared>, delivery: Delivery) {
     let queue = shared.queue.as_str();
-    let outcome = if delivery.data.len() > shared.max_message_bytes {
+    let message = &delivery.message;
+    let outcome = if message.body.len() > shared.max_message_bytes {
         Outcome::Poison(format!(
             "message of {} bytes is over max_message_bytes = {}",
-            delivery.data.len(),
+            message.body.len(),
             shared.max_message_bytes
         ))
     } else {
-        (shared.entry.handler)(shared.context.clone(), &delivery.data).await
+        (shared.entry.handler)(shared.context.clone(), &message.body).await
     };
     let settled = match &outcome {
         Outcome::Done => Ok(()),
         Outcome::Failed(reason) => {
-            retry::retry_or_dead_letter(&shared.broker, queue, &delivery, reason, &shared.policy)
+            retry::retry_or_dead_letter(&shared.broker, queue, message, reason, &shared.policy)
                 .await
         }
         Outcome::Poison(reason) => {
-            tracing::warn!(
-                queue,
-                delivery_tag = delivery.delivery_tag,
-                "undecodable message: {reason}"
-            );
-            retry::dead_letter(&shared.broker, queue, &delivery, reason, 1).await
+            tracing::warn!(queue, "undecodable message: {reason}");
+            retry::dead_letter(&shared.broker, queue, message, reason, 1).await
         }
     };
     let acked = match settled {
-        Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+        Ok(()) => delivery.ack().await,
         Err(err) => {
             // Keep the message: back to the queue rather than lost.
             tracing::error!(
                 queue,
-                delivery_tag = delivery.delivery_tag,
                 "could not retry or dead-letter the message, requeueing it: {err}"
             );
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
+            delivery.nack(true).await
         }
     };
     if let Err(err) = acked {
         tracing::warn!(
             queue,
-            delivery_tag = delivery.delivery_tag,
             "could not settle the message (it will be redelivered): {err}"
         );
     }

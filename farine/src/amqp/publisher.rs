@@ -1,6 +1,6 @@
 use crate::context;
+use crate::transport::Properties;
 use crate::{Error, Result};
-use lapin::BasicProperties;
 use serde::Serialize;
 use std::borrow::Cow;
 
@@ -106,9 +106,7 @@ impl Publisher {
                 )
                 .await?;
         }
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(settings.delivery_mode);
+        let properties = Properties::json().with_delivery_mode(settings.delivery_mode);
         context
             .broker
             .publish(

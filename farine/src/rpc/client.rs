@@ -9,11 +9,9 @@ use super::frame::{self, kind, ErrorInfo, Incoming};
 use super::server::queue_name;
 use crate::broker::Broker;
 use crate::config::{Config, ServiceConfig};
+use crate::transport::{Binder, Next, Properties, Subscription};
 use crate::{Error, Result};
 use futures::{Stream, StreamExt};
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
-use lapin::types::FieldTable;
-use lapin::BasicProperties;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -55,8 +53,8 @@ struct Inner {
     broker: Arc<Broker>,
     config: Arc<Config>,
     reply_queue: String,
-    /// The channel that owns the reply queue: bindings made on it are replayed on recovery.
-    reply_channel: lapin::Channel,
+    /// Binds the reply queue to service exchanges (replayed on recovery).
+    binder: Arc<dyn Binder>,
     pending: Pending,
     /// Services whose exchange the reply queue is bound to.
     bound: tokio::sync::Mutex<HashSet<String>>,
@@ -95,20 +93,18 @@ impl Client {
             super::server::REPLY_QUEUE_PREFIX,
             uuid::Uuid::new_v4().simple()
         );
-        let (channel, consumer) = broker.private_queue(&reply_queue, None).await?;
+        let replies = broker
+            .private_queue("replies".to_string(), &reply_queue, None)
+            .await?;
+        let binder = replies.binder();
         let pending: Pending = Arc::default();
-        let dispatcher = tokio::spawn(dispatch(
-            consumer,
-            channel.clone(),
-            broker.losses(),
-            pending.clone(),
-        ));
+        let dispatcher = tokio::spawn(dispatch(replies, broker.losses(), pending.clone()));
         Ok(Client {
             inner: Arc::new(Inner {
                 broker,
                 config,
                 reply_queue,
-                reply_channel: channel,
+                binder,
                 pending,
                 bound: Default::default(),
                 settings: Default::default(),
@@ -151,7 +147,7 @@ impl Client {
         options: CallOptions,
     ) -> Result<Replies> {
         let settings = self.settings(service)?;
-        self.bind(service, &settings).await?;
+        self.bind(service).await?;
         let call = format!("{service}.{method}");
         let timeout = options.timeout.unwrap_or(settings.rpc_timeout);
         let idle_timeout = options.idle_timeout.unwrap_or(timeout);
@@ -170,13 +166,12 @@ impl Client {
             correlation_id: correlation_id.clone(),
             finished: false,
         };
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
+        let properties = Properties::json()
             .with_delivery_mode(settings.delivery_mode)
-            .with_correlation_id(correlation_id.as_str().into())
-            .with_reply_to(self.inner.reply_queue.as_str().into())
+            .with_correlation_id(correlation_id.as_str())
+            .with_reply_to(self.inner.reply_queue.as_str())
             // A request nobody took before the caller gave up is dropped by the broker.
-            .with_expiration(timeout.as_millis().max(1).to_string().into());
+            .with_expiration(timeout.as_millis().max(1).to_string());
         let routing_key = queue_name(service, method);
         match self
             .inner
@@ -221,42 +216,20 @@ impl Client {
 
     /// Binds the reply queue to `service`'s exchange once, after checking the exchange
     /// exists: a missing exchange means no such service.
-    async fn bind(&self, service: &str, settings: &ServiceConfig) -> Result<()> {
+    async fn bind(&self, service: &str) -> Result<()> {
         let mut bound = self.inner.bound.lock().await;
         if bound.contains(service) {
             return Ok(());
         }
-        let channel = self.inner.broker.scratch_channel().await?;
-        let exists = channel
-            .exchange_declare(
-                service.into(),
-                settings.exchange_type.into(),
-                ExchangeDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        if exists.is_err() {
+        if !self.inner.broker.exchange_exists(service).await? {
             return Err(Error::UnknownService {
                 service: service.to_string(),
             });
         }
-        let _ = channel.close(200, "OK".into()).await;
         self.inner
-            .reply_channel
-            .queue_bind(
-                self.inner.reply_queue.as_str().into(),
-                service.into(),
-                self.inner.reply_queue.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(Error::amqp(format!(
-                "binding the reply queue to exchange {service:?}"
-            )))?;
+            .binder
+            .bind(service, &self.inner.reply_queue)
+            .await?;
         bound.insert(service.to_string());
         Ok(())
     }
@@ -264,13 +237,12 @@ impl Client {
 
 /// Routes every reply frame to the call waiting for its correlation id.
 async fn dispatch(
-    mut consumer: lapin::Consumer,
-    channel: lapin::Channel,
+    mut replies: Box<dyn Subscription>,
     mut losses: tokio::sync::watch::Receiver<u64>,
     pending: Pending,
 ) {
     // Every waiting call learns of a lost connection at once (Error::Disconnected), not at
-    // its deadline; lapin re-attaches the reply queue when the broker is back.
+    // its deadline; the transport re-attaches the reply queue when the broker is back.
     let fail_waiting = || pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
     loop {
         let delivery = tokio::select! {
@@ -281,38 +253,36 @@ async fn dispatch(
                 fail_waiting();
                 continue;
             }
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(err)) => {
+            next = replies.next() => match next {
+                Next::Delivery(delivery) => delivery,
+                Next::Lost(_) => {
                     fail_waiting();
-                    match channel.wait_for_recovery(err).await {
+                    match replies.recover().await {
                         Ok(()) => continue,
                         Err(_) => break,
                     }
                 }
-                None => break,
+                Next::Cancelled => break,
             },
         };
-        let Some(id) = delivery.properties.correlation_id().as_ref() else {
+        let reply = delivery.message;
+        let Some(id) = reply.properties.correlation_id.as_deref() else {
             tracing::debug!("reply without correlation_id ignored");
             continue;
         };
-        let frame = match frame::decode(&delivery.data) {
+        let frame = match frame::decode(&reply.body) {
             Ok(frame) => frame,
             Err(message) => Incoming::Error(ErrorInfo::new(kind::INTERNAL, message)),
         };
         let last = !matches!(frame, Incoming::Item(_));
         let mut calls = pending.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(sender) = calls.get(id.as_str()) else {
-            tracing::debug!(
-                correlation_id = id.as_str(),
-                "reply for no waiting call ignored"
-            );
+        let Some(sender) = calls.get(id) else {
+            tracing::debug!(correlation_id = id, "reply for no waiting call ignored");
             continue;
         };
         let _ = sender.send(frame);
         if last {
-            calls.remove(id.as_str());
+            calls.remove(id);
         }
     }
     // The connection is gone: every waiting call learns it now, not at its timeout.
@@ -362,8 +332,7 @@ impl Drop for CallGuard {
         };
         handle.spawn(async move {
             let routing_key = super::server::cancel_key(&exchange);
-            let properties =
-                BasicProperties::default().with_content_type("application/json".into());
+            let properties = Properties::json();
             if let Err(err) = broker
                 .publish(&exchange, &routing_key, body.as_bytes(), properties, false)
                 .await

@@ -5,21 +5,18 @@
 
 use super::args::Args;
 use super::frame::{self, kind, ErrorInfo, Frame};
-use crate::broker::{Broker, QueueOptions};
+use crate::broker::Broker;
 use crate::clip::clip;
 use crate::config::ServiceConfig;
 use crate::context::ServiceContext;
-use crate::deliveries::{Declare, Subscription};
+use crate::deliveries::DeliveryLoop;
 use crate::registry::panic_text;
 use crate::retry;
+use crate::transport::{Confirm, Declaration, Delivery, Next, Properties, QueueOptions, Subscribe};
 use crate::{Error, Result};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::FieldTable;
-use lapin::BasicProperties;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -72,7 +69,7 @@ pub struct RpcEntry {
 const CONFIRM_WINDOW: usize = 256;
 
 pub(crate) struct Attached {
-    subscription: Subscription,
+    deliveries: DeliveryLoop,
     shared: Arc<Shared>,
 }
 
@@ -98,37 +95,30 @@ pub(crate) async fn attach(
     let label = format!("{service}.{}", entry.spec.method);
     let queue = queue_name(service, entry.spec.method);
     let prefetch = entry.spec.concurrency.unwrap_or(settings.concurrency);
-    let channel = broker.consume_channel(prefetch).await?;
-    let declare: Declare = {
-        let broker = broker.clone();
-        let queue = queue.clone();
-        let auto_declare = settings.auto_declare;
-        let (kind, durable, auto_delete) = (
-            settings.exchange_type,
-            settings.durable,
-            settings.auto_delete,
-        );
-        let options = QueueOptions {
-            durable,
-            exclusive: settings.exclusive,
-            auto_delete,
-            arguments: FieldTable::default(),
-        };
-        Arc::new(move |channel| {
-            let (broker, queue, options) = (broker.clone(), queue.clone(), options.clone());
-            async move {
-                if auto_declare {
-                    broker
-                        .declare_exchange(service, kind, durable, auto_delete)
-                        .await?;
-                    Broker::declare_queue(&channel, &queue, &options, Some((service, &queue)))
-                        .await?;
-                }
-                retry::declare_dead_letter_queue(&channel, &queue).await
-            }
-            .boxed()
-        })
-    };
+    let mut topology = Vec::new();
+    if settings.auto_declare {
+        topology.push(Declaration::Exchange {
+            name: service.to_string(),
+            kind: settings.exchange_type,
+            durable: settings.durable,
+            auto_delete: settings.auto_delete,
+        });
+        topology.push(Declaration::Queue {
+            name: queue.clone(),
+            options: QueueOptions {
+                durable: settings.durable,
+                exclusive: settings.exclusive,
+                auto_delete: settings.auto_delete,
+                ..Default::default()
+            },
+        });
+        topology.push(Declaration::Bind {
+            queue: queue.clone(),
+            exchange: service.to_string(),
+            routing_key: queue.clone(),
+        });
+    }
+    topology.push(retry::dead_letter_topology(&queue));
     if let Some(exchange) = entry.spec.broadcast {
         broker
             .declare_exchange(
@@ -139,10 +129,20 @@ pub(crate) async fn attach(
             )
             .await?;
     }
-    let subscription = Subscription::start(label.clone(), queue.clone(), channel, declare).await?;
+    let deliveries = DeliveryLoop::start(
+        broker,
+        Subscribe {
+            label: label.clone(),
+            queue: queue.clone(),
+            prefetch,
+            no_ack: false,
+            topology,
+        },
+    )
+    .await?;
     tracing::info!(entry_point = %label, queue = %queue, prefetch, "rpc method attached");
     Ok(Attached {
-        subscription,
+        deliveries,
         shared: Arc::new(Shared {
             entry,
             context,
@@ -157,7 +157,7 @@ impl Attached {
     pub(crate) async fn run(self, shutdown: CancellationToken, grace: Duration) -> Result<()> {
         let shared = self.shared;
         let stop = shutdown.clone();
-        self.subscription
+        self.deliveries
             .run(shutdown, grace, move |delivery| {
                 serve(shared.clone(), delivery, stop.clone(), grace)
             })
@@ -172,8 +172,8 @@ struct Replier<'a> {
     /// Replies are mandatory, so a caller that is gone is noticed, except to RabbitMQ's direct
     /// reply-to, which delivers a mandatory reply but also returns it as unroutable.
     mandatory: bool,
-    properties: BasicProperties,
-    confirms: VecDeque<lapin::PublisherConfirm>,
+    properties: Properties,
+    confirms: VecDeque<Confirm>,
     sent: usize,
 }
 
@@ -199,7 +199,7 @@ impl Replier<'_> {
 
     async fn settle_one(&mut self) -> Result<()> {
         match self.confirms.pop_front() {
-            Some(confirm) => self.broker.settle("", self.reply_to, confirm).await,
+            Some(confirm) => confirm.await,
             None => Ok(()),
         }
     }
@@ -221,15 +221,11 @@ async fn serve(
 ) {
     let label = format!("{}.{}", shared.service, shared.entry.spec.method);
     let broker = &shared.context.broker;
-    let Some(reply_to) = delivery
-        .properties
-        .reply_to()
-        .as_ref()
-        .map(|r| r.as_str().to_string())
-    else {
+    let request = &delivery.message;
+    let Some(reply_to) = request.properties.reply_to.clone() else {
         let reason = format!("{label}: request without reply_to: nobody to answer");
-        tracing::error!(queue = %shared.queue, delivery_tag = delivery.delivery_tag, "{reason}");
-        let parked = retry::dead_letter(broker, &shared.queue, &delivery, &reason, 1).await;
+        tracing::error!(queue = %shared.queue, "{reason}");
+        let parked = retry::dead_letter(broker, &shared.queue, request, &reason, 1).await;
         settle(&delivery, parked.is_ok()).await;
         return;
     };
@@ -239,22 +235,17 @@ async fn serve(
              farine.reply.<32 hex digits> or <32 hex digits>): refusing to publish into it",
             clip(&reply_to)
         );
-        let parked = retry::dead_letter(broker, &shared.queue, &delivery, &reason, 1).await;
+        let parked = retry::dead_letter(broker, &shared.queue, request, &reason, 1).await;
         settle(&delivery, parked.is_ok()).await;
         return;
     }
-    let mut properties = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(1);
-    if let Some(id) = delivery.properties.correlation_id() {
-        properties = properties.with_correlation_id(id.clone());
-    }
-    let correlation_id = delivery
+    let correlation_id = request
         .properties
-        .correlation_id()
-        .as_ref()
-        .map(|id| id.as_str().to_string())
+        .correlation_id
+        .clone()
         .unwrap_or_default();
+    let mut properties = Properties::json().with_delivery_mode(1);
+    properties.correlation_id = request.properties.correlation_id.clone();
     let mut replier = Replier {
         broker,
         reply_to: &reply_to,
@@ -265,18 +256,18 @@ async fn serve(
     };
 
     let outcome: Result<()> = async {
-        if delivery.data.len() > shared.context.settings.max_message_bytes {
+        if request.body.len() > shared.context.settings.max_message_bytes {
             let info = ErrorInfo::new(
                 kind::BAD_ARGUMENTS,
                 format!(
                     "{label}: request of {} bytes is over max_message_bytes = {}",
-                    delivery.data.len(),
+                    request.body.len(),
                     shared.context.settings.max_message_bytes
                 ),
             );
             return replier.send(&frame::error_bytes(&info)).await;
         }
-        let call = match Args::parse(&delivery.data, shared.service, shared.entry.spec.method) {
+        let call = match Args::parse(&request.body, shared.service, shared.entry.spec.method) {
             Ok(args) => (shared.entry.handler)(shared.context.clone(), args),
             Err(info) => Call::Rejected(info),
         };
@@ -386,9 +377,7 @@ fn result_body(item: &[u8]) -> Vec<serde_json::Value> {
 /// Publishes a successful call's events to its fanout exchange. The call already succeeded,
 /// so a failure here is logged, not turned into an error for the caller.
 async fn broadcast(broker: &Broker, label: &str, exchange: &str, events: &[serde_json::Value]) {
-    let properties = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2);
+    let properties = Properties::json().with_delivery_mode(2);
     for event in events {
         let body = match serde_json::to_vec(event) {
             Ok(body) => body,
@@ -414,20 +403,12 @@ fn panicked(label: &str, panic: &Box<dyn std::any::Any + Send>) -> ErrorInfo {
 
 async fn settle(delivery: &Delivery, done: bool) {
     let result = if done {
-        delivery.ack(BasicAckOptions::default()).await
+        delivery.ack().await
     } else {
-        delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await
+        delivery.nack(true).await
     };
     if let Err(err) = result {
-        tracing::warn!(
-            delivery_tag = delivery.delivery_tag,
-            "could not settle the request (it will be redelivered): {err}"
-        );
+        tracing::warn!("could not settle the request (it will be redelivered): {err}");
     }
 }
 
@@ -468,25 +449,35 @@ pub(crate) async fn listen_for_cancels(
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let queue = format!("farine.cancel.{service}.{}", uuid::Uuid::new_v4().simple());
-    let (channel, mut consumer) = context
+    let mut notices = context
         .broker
-        .private_queue(&queue, Some((service, &cancel_key(service))))
+        .private_queue(
+            format!("{service}.cancels"),
+            &queue,
+            Some((service, &cancel_key(service))),
+        )
         .await?;
     Ok(tokio::spawn(async move {
-        let _channel = channel;
         loop {
             let delivery = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                next = consumer.next() => match next {
-                    Some(Ok(delivery)) => delivery,
-                    _ => return,
+                _ = shutdown.cancelled() => break,
+                next = notices.next() => match next {
+                    Next::Delivery(delivery) => delivery,
+                    Next::Lost(_) => {
+                        if notices.recover().await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    Next::Cancelled => break,
                 },
             };
-            if let Ok(cancel) = serde_json::from_slice::<Cancel>(&delivery.data) {
+            if let Ok(cancel) = serde_json::from_slice::<Cancel>(&delivery.message.body) {
                 context
                     .streams
                     .cancel(&cancel.correlation_id, &cancel.reply_to);
             }
         }
+        notices.close().await;
     }))
 }
