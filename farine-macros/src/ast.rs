@@ -68,6 +68,8 @@ pub struct Method {
     /// Position of the method among the impl's items.
     pub index: usize,
     pub sig: Signature,
+    /// The method's other attributes, as written: its docs and `#[cfg]`s are carried over.
+    pub attrs: Vec<Attribute>,
     pub entries: Vec<Entry>,
     pub publishes: Vec<(Attribute, Args)>,
     pub params: Vec<Param>,
@@ -81,6 +83,16 @@ impl Method {
     /// Parameters that come from the message (everything the runtime does not inject).
     pub fn message_params(&self) -> impl Iterator<Item = &Param> {
         self.params.iter().filter(|p| p.injected.is_none())
+    }
+
+    /// The method's `#[cfg(...)]`s: what is generated for it exists only when it does.
+    pub fn cfgs(&self) -> impl Iterator<Item = &Attribute> {
+        self.attrs.iter().filter(|a| a.path().is_ident("cfg"))
+    }
+
+    /// The method's doc comments (`///` and `#[doc = ...]`).
+    pub fn docs(&self) -> impl Iterator<Item = &Attribute> {
+        self.attrs.iter().filter(|a| a.path().is_ident("doc"))
     }
 }
 
@@ -229,7 +241,7 @@ fn parse_method(index: usize, func: &mut syn::ImplItemFn) -> syn::Result<Option<
             None => kept.push(attr),
         }
     }
-    func.attrs = kept;
+    func.attrs = kept.clone();
     if entries.is_empty() && publishes.is_empty() {
         return Ok(None);
     }
@@ -249,6 +261,7 @@ fn parse_method(index: usize, func: &mut syn::ImplItemFn) -> syn::Result<Option<
     Ok(Some(Method {
         index,
         sig: func.sig.clone(),
+        attrs: kept,
         entries,
         publishes,
         params,

@@ -29,7 +29,7 @@ pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
             let (mut item, paths, publishing) = crate::ast::without_farine_attributes(item);
             for index in publishing {
                 if let ImplItem::Fn(func) = &mut item.items[index] {
-                    inject_publisher(func, "", "", "");
+                    inject_publisher(func, "", None, None);
                 }
             }
             quote! {
@@ -56,7 +56,8 @@ fn expand(args: TokenStream, item: ItemImpl) -> syn::Result<TokenStream> {
     })
 }
 
-fn opt_str(value: Option<String>) -> TokenStream {
+/// An argument as written, for the runtime to resolve: `Some("...")` or `None`.
+fn opt_str(value: Option<syn::LitStr>) -> TokenStream {
     match value {
         Some(s) => quote!(::core::option::Option::Some(#s)),
         None => quote!(::core::option::Option::None),
@@ -71,16 +72,21 @@ fn inject_publishers(service: &mut Service) {
         let Some((_, args)) = method.publishes.first() else {
             continue;
         };
-        let exchange = args.str("exchange").map_or(name.clone(), |l| l.value());
-        let routing_key = args.str("routing_key").map_or(name.clone(), |l| l.value());
+        let (exchange, routing_key) = (args.str("exchange"), args.str("routing_key"));
         if let ImplItem::Fn(func) = &mut service.item.items[method.index] {
-            inject_publisher(func, &name, &exchange, &routing_key);
+            inject_publisher(func, &name, exchange, routing_key);
         }
     }
 }
 
 /// Takes every `Publisher` parameter off `func` and binds it at the top of its body.
-fn inject_publisher(func: &mut ImplItemFn, service: &str, exchange: &str, routing_key: &str) {
+fn inject_publisher(
+    func: &mut ImplItemFn,
+    service: &str,
+    exchange: Option<syn::LitStr>,
+    routing_key: Option<syn::LitStr>,
+) {
+    let (exchange, routing_key) = (opt_str(exchange), opt_str(routing_key));
     let mut bindings = Vec::new();
     func.sig.inputs = std::mem::take(&mut func.sig.inputs)
         .into_iter()
@@ -88,7 +94,7 @@ fn inject_publisher(func: &mut ImplItemFn, service: &str, exchange: &str, routin
             FnArg::Typed(typed) if injected(&typed.ty) == Some(Injected::Publisher) => {
                 let (pat, ty) = (&typed.pat, &typed.ty);
                 bindings.push(quote! {
-                    let #pat: #ty = ::farine::Publisher::__declared(#service, #exchange, #routing_key);
+                    let #pat: #ty = ::farine::__private::publisher(#service, #exchange, #routing_key);
                 });
                 false
             }
@@ -107,7 +113,12 @@ fn inject_publisher(func: &mut ImplItemFn, service: &str, exchange: &str, routin
 fn registration(service: &Service) -> TokenStream {
     let name = &service.name;
     let ty = &service.item.self_ty;
-    let entries = service.methods.iter().map(|m| entry_point(service, m));
+    let entries = service.methods.iter().map(|m| {
+        let entry = entry_point(service, m);
+        let cfgs = m.cfgs();
+        // A method compiled out takes its entry point with it.
+        quote!(#(#cfgs)* { #entry })
+    });
     let build = format_ident!(
         "__farine_build_{}",
         service.ty_ident.to_string().to_lowercase()
@@ -198,7 +209,7 @@ fn invocation(method: &Method, on_error: &TokenStream) -> Invocation {
             }
             Some(Injected::Broadcast) => {
                 call.injections.extend(quote! {
-                    let #name = ::farine::rpc::Broadcast::default();
+                    let #name = ::farine::__private::Broadcast::default();
                 });
                 call.arguments
                     .push(quote!(::core::clone::Clone::clone(&#name)));
@@ -224,14 +235,10 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
     let span = ident.span();
     let mut out = TokenStream::new();
     for (_, args) in method.publishes.iter().take(1) {
-        let exchange = args
-            .str("exchange")
-            .map_or(service.name.clone(), |l| l.value());
-        let routing_key = args
-            .str("routing_key")
-            .map_or(service.name.clone(), |l| l.value());
+        let exchange = opt_str(args.str("exchange"));
+        let routing_key = opt_str(args.str("routing_key"));
         out.extend(quote! {
-            def.publish(::farine::__private::PublishSpec {
+            def.publish(::farine::__private::PublishAttr {
                 method: #method_name,
                 exchange: #exchange,
                 routing_key: #routing_key,
@@ -261,14 +268,10 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
     };
     match entry.kind {
         EntryKind::Consume => {
-            let exchange = args
-                .str("exchange")
-                .map_or(service.name.clone(), |l| l.value());
-            let routing_key = args
-                .str("routing_key")
-                .map_or(service.name.clone(), |l| l.value());
-            let exchange_type = opt_str(args.str("exchange_type").map(|l| l.value()));
-            let queue = opt_str(args.str("queue").map(|l| l.value()));
+            let exchange = opt_str(args.str("exchange"));
+            let routing_key = opt_str(args.str("routing_key"));
+            let exchange_type = opt_str(args.str("exchange_type"));
+            let queue = opt_str(args.str("queue"));
             let body_ty = method
                 .message_params()
                 .next()
@@ -293,7 +296,7 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
             }};
             out.extend(quote! {
                 def.consume(
-                    ::farine::__private::ConsumeSpec {
+                    ::farine::__private::ConsumeAttr {
                         method: #method_name,
                         exchange: #exchange,
                         routing_key: #routing_key,
@@ -306,7 +309,7 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
             });
         }
         EntryKind::Rpc => {
-            let broadcast = opt_str(args.str("broadcast").map(|l| l.value()));
+            let broadcast = opt_str(args.str("broadcast"));
             let streaming = valid::returns_stream(&method.sig.output);
             let message: Vec<_> = method.message_params().collect();
             let count = message.len();
@@ -379,7 +382,7 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
                     {
                         let svc = ::std::sync::Arc::clone(&svc);
                         ::std::sync::Arc::new(
-                            move |__ctx: ::std::sync::Arc<::farine::context::ServiceContext>,
+                            move |__ctx: ::std::sync::Arc<::farine::__private::ServiceContext>,
                                   mut __args: ::farine::__private::Args|
                                   -> ::farine::__private::Call {
                                 #(#bindings)*
@@ -395,7 +398,7 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
             });
         }
         EntryKind::Stream => {
-            let endpoint = opt_str(args.str("endpoint").map(|l| l.value()));
+            let endpoint = opt_str(args.str("endpoint"));
             let event_ty = method
                 .message_params()
                 .next()
@@ -434,7 +437,7 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
                 service,
                 method,
                 quote_spanned!(span=> ::farine::__private::execute_handler),
-                quote!(__shutdown: ::farine::execute::Shutdown),
+                quote!(__shutdown: ::farine::__private::Shutdown),
             );
             out.extend(quote! {
                 def.execute(
@@ -478,7 +481,7 @@ fn outcome_handler(
     quote_spanned! {ident.span()=>
         #builder(
             ::std::sync::Arc::clone(&svc),
-            |svc: ::std::sync::Arc<#ty>, __ctx: ::std::sync::Arc<::farine::context::ServiceContext>, #input| async move {
+            |svc: ::std::sync::Arc<#ty>, __ctx: ::std::sync::Arc<::farine::__private::ServiceContext>, #input| async move {
                 #injections
                 let __outcome = ::farine::__private::HandlerResult::into_outcome(svc.#ident(#(#arguments),*).await);
                 #settle
@@ -487,43 +490,51 @@ fn outcome_handler(
     }
 }
 
-/// What a caller decodes a returned borrowed type into: `&str` -> `String`, `&[T]` ->
-/// `Vec<T>`, `&T` -> `T`.
-fn owned(ty: syn::Type) -> syn::Type {
+/// What a caller receives for a declared type `ty`: `<ty as RpcOutput<Shape>>::Ok`, the
+/// shape read from the tokens (see `farine::__private::RpcOutput`, which says why), and, for
+/// a type taken as plain, the assertion that it is no `Result` (which the trait could not
+/// tell at run time). Both spanned on the user's type; the span returned is that of the
+/// type a caller decodes, where an error about it belongs (`T` of `farine::Result<T>`).
+fn client_type(ty: &syn::Type) -> (TokenStream, TokenStream, proc_macro2::Span) {
+    let span = ty.span();
+    let projection = |shape: &str, blame: proc_macro2::Span| {
+        let shape = format_ident!("{}", shape);
+        quote_spanned!(blame=> <#ty as ::farine::__private::RpcOutput<::farine::__private::#shape>>::Ok)
+    };
     match ty {
-        syn::Type::Reference(reference) => match *reference.elem {
-            syn::Type::Path(path) if path.path.is_ident("str") => {
-                syn::parse_quote!(::std::string::String)
-            }
-            syn::Type::Slice(slice) => {
-                let elem = owned(*slice.elem);
-                syn::parse_quote!(::std::vec::Vec<#elem>)
-            }
-            other => owned(other),
-        },
-        other => other,
-    }
-}
-
-/// The value type a caller receives: `T` of `Result<T, E>` (any path ending in `Result`),
-/// else the type itself, made owned.
-fn ok_type(ty: &syn::Type) -> syn::Type {
-    owned(ok_type_inner(ty))
-}
-
-fn ok_type_inner(ty: &syn::Type) -> syn::Type {
-    if let syn::Type::Path(path) = ty {
-        if let Some(last) = path.path.segments.last() {
-            if last.ident == "Result" {
-                if let syn::PathArguments::AngleBracketed(args) = &last.arguments {
-                    if let Some(syn::GenericArgument::Type(ok)) = args.args.first() {
-                        return ok.clone();
-                    }
-                }
+        syn::Type::Paren(inner) => client_type(&inner.elem),
+        syn::Type::Group(inner) => client_type(&inner.elem),
+        syn::Type::Reference(_) => (projection("Borrowed", span), TokenStream::new(), span),
+        syn::Type::Path(path) if path.qself.is_none() => {
+            let Some(last) = path.path.segments.last() else {
+                return (quote!(#ty), TokenStream::new(), span);
+            };
+            if last.ident.to_string().ends_with("Result") {
+                let ok = match &last.arguments {
+                    syn::PathArguments::AngleBracketed(args) => match args.args.first() {
+                        Some(syn::GenericArgument::Type(ok)) => Some(ok),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let borrowed = matches!(ok, Some(syn::Type::Reference(_)));
+                let shape = if borrowed {
+                    "FallibleBorrowed"
+                } else {
+                    "Fallible"
+                };
+                let blame = ok.map_or(span, |ok| ok.span());
+                (projection(shape, blame), TokenStream::new(), blame)
+            } else {
+                let check = quote_spanned! {span=>
+                    const _: fn() = <#ty as ::farine::__private::NotAResult<_>>::check;
+                };
+                (quote!(#ty), check, span)
             }
         }
+        // A tuple, an array, `!`, ...: never a `Result`.
+        other => (quote!(#other), TokenStream::new(), span),
     }
-    ty.clone()
 }
 
 /// The item type of `impl Stream<Item = X>` or `BoxStream<'_, X>`.
@@ -561,7 +572,8 @@ fn stream_item(output: &syn::ReturnType) -> Option<syn::Type> {
     }
 }
 
-/// `<Type>Client`: a typed client with one method per `#[rpc::method]`.
+/// `<Type>Client`: a typed client with one method per `#[rpc::method]`, each with the docs
+/// and the `#[cfg]`s of the method it calls.
 pub fn client(service: &Service) -> TokenStream {
     let rpcs: Vec<&Method> = service
         .methods
@@ -589,55 +601,74 @@ pub fn client(service: &Service) -> TokenStream {
             .collect();
         let types = params.iter().map(|p| &p.ty);
         let name_strings = names.iter().map(|n| n.to_string());
-        let method_doc = format!("Calls `{call}`.");
+        let docs: Vec<_> = method.docs().collect();
+        let cfgs: Vec<_> = method.cfgs().collect();
+        // The user's docs first; the line saying what is called after a blank line.
+        let method_doc = format!(" Calls `{call}` over AMQP.");
+        let separator = if docs.is_empty() {
+            quote!()
+        } else {
+            quote!(#[doc = ""])
+        };
         let encode = quote! {
-            let __args = ::std::vec![#(::farine::rpc::encode_arg(#call, #name_strings, &#names)?),*];
+            let __args = ::std::vec![#(::farine::__private::encode_arg(#call, #name_strings, &#names)?),*];
         };
         // What the caller decodes must be `Deserialize`: checked once, on the user's return
         // type, in plain words. The method states it as a where clause, which the compiler
         // does not check at the definition (it is higher-ranked) but lets the body rely on, so
         // that the client adds no errors of its own about `DeserializeOwned`.
-        let returned = match &method.sig.output {
-            syn::ReturnType::Default => ident.span(),
-            syn::ReturnType::Type(_, ty) => ty.span(),
-        };
-        let decodes = |decoded: &syn::Type| {
+        let decodes = |decoded: &TokenStream, shape_check: TokenStream, returned: proc_macro2::Span| {
             let check = quote_spanned! {returned=>
-                const _: fn() = <#decoded as ::farine::__private::RpcReturn>::check;
+                #(#cfgs)*
+                const _: () = {
+                    #shape_check
+                    const _: fn() = <#decoded as ::farine::__private::RpcReturn>::check;
+                };
             };
-            let bound = quote!(for<'de> #decoded: ::farine::serde::Deserialize<'de>);
+            let bound = quote!(for<'de> #decoded: ::farine::__private::Deserialize<'de>);
             (check, bound)
         };
         if valid::returns_stream(&method.sig.output) {
-            let item = stream_item(&method.sig.output)
-                .map(|t| ok_type(&t))
-                .unwrap_or_else(|| syn::parse_quote!(::farine::serde_json::Value));
-            let (check, bound) = decodes(&item);
+            let (item, shape_check, blame) = match stream_item(&method.sig.output) {
+                Some(item) => client_type(&item),
+                None => (
+                    quote!(::farine::__private::Value),
+                    TokenStream::new(),
+                    ident.span(),
+                ),
+            };
+            let (check, bound) = decodes(&item, shape_check, blame);
             let method = quote! {
+                #(#docs)*
+                #separator
                 #[doc = #method_doc]
-                pub async fn #ident(&self, #(#names: #types),*) -> ::farine::Result<::farine::rpc::RpcStream<#item>>
+                #(#cfgs)*
+                pub async fn #ident(&self, #(#names: #types),*) -> ::farine::__private::Result<::farine::__private::RpcStream<#item>>
                 where
                     #bound
                 {
                     #encode
-                    self.client.call_stream_typed::<#item>(#name, #method_name, __args, self.options).await
+                    ::farine::__private::call_stream::<#item>(&self.client, #name, #method_name, __args, self.options).await
                 }
             };
             (check, method)
         } else {
-            let output = match &method.sig.output {
-                syn::ReturnType::Default => syn::parse_quote!(()),
-                syn::ReturnType::Type(_, ty) => ok_type(ty),
+            let (output, shape_check, blame) = match &method.sig.output {
+                syn::ReturnType::Default => (quote!(()), TokenStream::new(), ident.span()),
+                syn::ReturnType::Type(_, ty) => client_type(ty),
             };
-            let (check, bound) = decodes(&output);
+            let (check, bound) = decodes(&output, shape_check, blame);
             let method = quote! {
+                #(#docs)*
+                #separator
                 #[doc = #method_doc]
-                pub async fn #ident(&self, #(#names: #types),*) -> ::farine::Result<#output>
+                #(#cfgs)*
+                pub async fn #ident(&self, #(#names: #types),*) -> ::farine::__private::Result<#output>
                 where
                     #bound
                 {
                     #encode
-                    self.client.call_typed::<#output>(#name, #method_name, __args, self.options).await
+                    ::farine::__private::call::<#output>(&self.client, #name, #method_name, __args, self.options).await
                 }
             };
             (check, method)
@@ -650,8 +681,8 @@ pub fn client(service: &Service) -> TokenStream {
         #[doc = #doc]
         #[derive(Clone)]
         pub struct #client {
-            client: ::farine::Client,
-            options: ::farine::rpc::CallOptions,
+            client: ::farine::__private::Client,
+            options: ::farine::__private::CallOptions,
         }
 
         #[allow(dead_code, private_interfaces, clippy::too_many_arguments)]
@@ -660,12 +691,12 @@ pub fn client(service: &Service) -> TokenStream {
             pub const SERVICE: &'static str = #name;
 
             /// Connects with the `[DEFAULT]` settings of `config`.
-            pub async fn connect(config: &::farine::Config) -> ::farine::Result<Self> {
-                ::core::result::Result::Ok(Self::new(::farine::Client::connect(config).await?))
+            pub async fn connect(config: &::farine::__private::Config) -> ::farine::__private::Result<Self> {
+                ::core::result::Result::Ok(Self::new(::farine::__private::Client::connect(config).await?))
             }
 
             /// Wraps an existing client (sharing its connection and reply queue).
-            pub fn new(client: ::farine::Client) -> Self {
+            pub fn new(client: ::farine::__private::Client) -> Self {
                 Self { client, options: ::core::default::Default::default() }
             }
 
@@ -684,8 +715,8 @@ pub fn client(service: &Service) -> TokenStream {
             #(#methods)*
         }
 
-        impl ::farine::rpc::FromClient for #client {
-            fn from_client(client: ::farine::Client) -> Self {
+        impl ::farine::__private::FromClient for #client {
+            fn from_client(client: ::farine::__private::Client) -> Self {
                 Self::new(client)
             }
         }

@@ -9,6 +9,8 @@
 mod ast;
 mod attr;
 mod expand;
+#[cfg(test)]
+mod snapshot;
 mod valid;
 
 use proc_macro::TokenStream;

@@ -38,17 +38,18 @@
 //! (default `/etc/farine.ini`); `farine --start shop` builds and runs it.
 
 pub mod amqp;
+mod backoff;
 pub mod broker;
 pub mod checks;
 mod clip;
 pub mod config;
-pub mod context;
+mod context;
 pub mod db;
 mod deliveries;
 pub mod dlq;
 mod error;
 pub mod execute;
-pub mod registry;
+mod registry;
 mod retry;
 pub mod rpc;
 pub mod runtime;
@@ -113,23 +114,7 @@ macro_rules! main {
     };
 }
 
+// The only path the macro output names; codegen.rs documents the contract.
 #[doc(hidden)]
-pub mod __private {
-    pub use crate::checks::{ConsumeBody, MessageBody, RpcReturn, ViaMessageBody, ViaUndecodable};
-    pub use crate::execute::execute_handler;
-    pub use crate::registry::{
-        consume_handler, Call, ConsumeSpec, ExecuteAttr, HandlerResult, ListenAttr, Outcome,
-        PublishSpec, RpcSpec, ServiceDef, ServiceRegistration,
-    };
-    pub use crate::rpc::args::Args;
-    pub use crate::rpc::handler::{
-        acquire_db, begin_tx, error_frame, error_stream, frames, inject_client, reply,
-        settle_tx_frame, settle_tx_outcome, streaming, unary,
-    };
-    pub use crate::rpc::reply::{
-        Returned, ViaDisplayError, ViaSerializableError, ViaSerializeOnlyError, ViaValue,
-    };
-    pub use crate::stream::event_handler;
-    pub use inventory;
-    pub use serde::de::DeserializeOwned;
-}
+#[path = "codegen.rs"]
+pub mod __private;

@@ -51,7 +51,9 @@ impl ServiceDef {
         }
     }
 
-    pub fn consume(&mut self, spec: ConsumeSpec, handler: ConsumeHandler) {
+    /// Adds a consumer, its destination resolved against the service's name.
+    pub fn consume(&mut self, attr: ConsumeAttr, handler: ConsumeHandler) {
+        let spec = attr.spec(self.name);
         self.consumers.push(ConsumeEntry { spec, handler });
     }
 
@@ -59,7 +61,9 @@ impl ServiceDef {
         self.rpcs.push(RpcEntry { spec, handler });
     }
 
-    pub fn publish(&mut self, spec: PublishSpec) {
+    /// Records a publisher, its destination resolved against the service's name.
+    pub fn publish(&mut self, attr: PublishAttr) {
+        let spec = attr.spec(self.name);
         self.publishers.push(spec);
     }
 
@@ -76,7 +80,33 @@ impl ServiceDef {
     }
 }
 
-/// `#[amqp::consume(...)]` as written, defaults already applied by the macro where known.
+/// `#[amqp::consume(...)]` as written: what is not given is decided by [`ConsumeAttr::spec`].
+#[derive(Clone, Debug)]
+pub struct ConsumeAttr {
+    pub method: &'static str,
+    pub exchange: Option<&'static str>,
+    pub routing_key: Option<&'static str>,
+    pub exchange_type: Option<&'static str>,
+    pub queue: Option<&'static str>,
+    pub concurrency: Option<u16>,
+}
+
+impl ConsumeAttr {
+    /// The consumer's destination: exchange and routing key default to the service's name.
+    /// (The queue, the exchange type and the prefetch need the settings: `consumer::attach`.)
+    pub fn spec(&self, service: &'static str) -> ConsumeSpec {
+        ConsumeSpec {
+            method: self.method,
+            exchange: self.exchange.unwrap_or(service),
+            routing_key: self.routing_key.unwrap_or(service),
+            exchange_type: self.exchange_type,
+            queue: self.queue,
+            concurrency: self.concurrency,
+        }
+    }
+}
+
+/// A consumer's destination, resolved from its [`ConsumeAttr`].
 #[derive(Clone, Debug)]
 pub struct ConsumeSpec {
     pub method: &'static str,
@@ -117,7 +147,28 @@ impl ExecuteAttr {
     }
 }
 
-/// `#[amqp::publish(...)]`: where a method's publisher sends.
+/// `#[amqp::publish(...)]` as written.
+#[derive(Clone, Debug)]
+pub struct PublishAttr {
+    pub method: &'static str,
+    pub exchange: Option<&'static str>,
+    pub routing_key: Option<&'static str>,
+}
+
+impl PublishAttr {
+    /// Where the publisher sends: the exchange and routing key default to the service name.
+    pub fn spec(&self, service: &'static str) -> PublishSpec {
+        let (exchange, routing_key) =
+            crate::amqp::publish_destination(service, self.exchange, self.routing_key);
+        PublishSpec {
+            method: self.method,
+            exchange,
+            routing_key,
+        }
+    }
+}
+
+/// Where a method's publisher sends, resolved from its [`PublishAttr`].
 #[derive(Clone, Debug)]
 pub struct PublishSpec {
     pub method: &'static str,

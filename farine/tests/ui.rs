@@ -43,6 +43,8 @@ macro_rules! pass_cases {
 }
 
 pass_cases!(
+    cfg_entry = "ui-pass/cfg_entry.rs",
+    client_types = "ui-pass/client_types.rs",
     consume_publish = "ui-pass/consume_publish.rs",
     database_and_friends = "ui-pass/database_and_friends.rs",
     execute = "ui-pass/execute.rs",

@@ -5,4 +5,5 @@ pub(crate) mod consumer;
 mod publisher;
 
 pub use farine_macros::{amqp_consume as consume, amqp_publish as publish};
+pub(crate) use publisher::destination as publish_destination;
 pub use publisher::Publisher;

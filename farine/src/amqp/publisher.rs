@@ -4,6 +4,17 @@ use crate::{Error, Result};
 use serde::Serialize;
 use std::borrow::Cow;
 
+/// Where an `#[amqp::publish]` method sends when its attribute leaves something out: the
+/// exchange and the routing key default to the service's name. The one place this is decided,
+/// for the publisher the method gets and for the exchange the runtime declares.
+pub(crate) fn destination(
+    service: &'static str,
+    exchange: Option<&'static str>,
+    routing_key: Option<&'static str>,
+) -> (&'static str, &'static str) {
+    (exchange.unwrap_or(service), routing_key.unwrap_or(service))
+}
+
 /// Sends JSON messages to one exchange with a routing key, with publisher confirms.
 ///
 /// A method marked `#[amqp::publish(exchange = "...", routing_key = "...")]` receives one as
@@ -55,12 +66,13 @@ impl Publisher {
         }
     }
 
-    #[doc(hidden)]
-    pub fn __declared(
+    /// The publisher of an `#[amqp::publish]` method, its arguments as written.
+    pub(crate) fn declared(
         service: &'static str,
-        exchange: &'static str,
-        routing_key: &'static str,
+        exchange: Option<&'static str>,
+        routing_key: Option<&'static str>,
     ) -> Self {
+        let (exchange, routing_key) = destination(service, exchange, routing_key);
         Publisher::new(service, exchange, routing_key)
     }
 

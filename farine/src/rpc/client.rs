@@ -13,7 +13,6 @@ use crate::transport::{Binder, Next, Properties, Subscription};
 use crate::{Error, Result};
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -464,46 +463,4 @@ impl<T: DeserializeOwned> Stream for RpcStream<T> {
             })
         })
     }
-}
-
-/// Typed call helpers used by the generated `<Service>Client`s.
-impl Client {
-    /// Calls `service.method` with already-encoded positional arguments and decodes the
-    /// result as `T`.
-    pub async fn call_typed<T: DeserializeOwned>(
-        &self,
-        service: &str,
-        method: &str,
-        args: Vec<Value>,
-        options: CallOptions,
-    ) -> Result<T> {
-        let value = self
-            .request(service, method, args, Map::new(), options)
-            .await?
-            .unary()
-            .await?;
-        serde_json::from_value(value).map_err(Error::json(format!(
-            "decoding the result of {service}.{method}"
-        )))
-    }
-
-    /// Calls a streaming `service.method` and decodes its items as `T`.
-    pub async fn call_stream_typed<T: DeserializeOwned>(
-        &self,
-        service: &str,
-        method: &str,
-        args: Vec<Value>,
-        options: CallOptions,
-    ) -> Result<RpcStream<T>> {
-        Ok(self
-            .request(service, method, args, Map::new(), options)
-            .await?
-            .stream())
-    }
-}
-
-/// Encodes one argument of a typed call.
-pub fn encode_arg<T: Serialize + ?Sized>(call: &str, name: &str, value: &T) -> Result<Value> {
-    serde_json::to_value(value)
-        .map_err(Error::json(format!("encoding argument `{name}` of {call}")))
 }

@@ -1,15 +1,15 @@
 //! RPC over AMQP, wire-compatible with Python farine 0.19 (see PROTOCOL.md): the
 //! `#[rpc::method]` server side, the [`Client`] for any service, and the blocking client.
 
-pub mod args;
+pub(crate) mod args;
 pub mod blocking;
 mod client;
 pub mod frame;
-pub mod handler;
-pub mod reply;
-pub mod server;
+pub(crate) mod handler;
+pub(crate) mod reply;
+pub(crate) mod server;
 
-pub use client::{encode_arg, CallOptions, Client, Replies, RpcStream};
+pub use client::{CallOptions, Client, Replies, RpcStream};
 pub use farine_macros::rpc_method as method;
 
 /// Events a `#[rpc::method(broadcast = "exchange")]` publishes to its fanout exchange once
