@@ -329,7 +329,11 @@ fn check_entry_args(method: &Method, entry: &crate::ast::Entry, errors: &mut Err
         if parse_duration_ms(&lit.value()).is_none() {
             errors.at(
                 &lit,
-                format!("`restart_delay` {:?} is not a duration: write a whole number and a unit, e.g. \"500ms\", \"5s\", \"2m\" or \"1h\"", lit.value()),
+                format!(
+                    "`restart_delay` {:?} is not a duration: expected {}",
+                    lit.value(),
+                    duration::EXPECTED
+                ),
             );
         }
     }
@@ -398,20 +402,17 @@ fn owned(elem: &Type) -> String {
     }
 }
 
-/// `"500ms"`, `"5s"`, `"2m"`, `"1h"` as milliseconds.
+// The grammar of duration keys in farine.ini, so a macro argument accepts exactly what the
+// configuration does; farine-macros cannot depend on farine, hence one file compiled by both.
+#[allow(dead_code)]
+#[path = "../../farine/src/config/duration.rs"]
+mod duration;
+
+/// A duration argument (`"500ms"`, `"5s"`, `"1h 30m"`, `"0.5"`: farine's one duration
+/// grammar, at most 7 days) as whole milliseconds.
 pub fn parse_duration_ms(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let factor = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return None,
-    };
-    number.checked_mul(factor)
+    // At most 7 days: the milliseconds fit a u64.
+    duration::parse_duration(text).and_then(|d| u64::try_from(d.as_millis()).ok())
 }
 
 /// A streaming RPC returns `impl Stream<...>` (or a boxed stream type).

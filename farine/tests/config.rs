@@ -172,6 +172,9 @@ fn durations() {
         ("500ms", Duration::from_millis(500)),
         ("2m", Duration::from_secs(120)),
         ("1h 30m", Duration::from_secs(5400)),
+        ("1h30m", Duration::from_secs(5400)),
+        ("1.5h", Duration::from_secs(5400)),
+        ("5 seconds", Duration::from_secs(5)),
         ("45", Duration::from_secs(45)),
         ("0.5", Duration::from_millis(500)),
         ("0", Duration::ZERO),
@@ -938,4 +941,38 @@ impl std::io::Write for Writer {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+#[test]
+fn typed_settings_of_other_modules() {
+    // The broker's CA file, typed here so that no other module reads a key.
+    assert_eq!(calc_with("").unwrap().amqp_ca_file, None);
+    assert_eq!(calc_with("amqp_ca_file =").unwrap().amqp_ca_file, None);
+    assert_eq!(
+        calc_with("amqp_ca_file = /etc/ssl/ca.pem")
+            .unwrap()
+            .amqp_ca_file,
+        Some(PathBuf::from("/etc/ssl/ca.pem"))
+    );
+    // The SSE listener's keys.
+    let sse = |body: &str| farine::config::SseSettings::from_settings(&calc_with(body).unwrap());
+    let settings = sse("header.X-Trace = 1\nheader.X-Empty =\nidle_timeout = 2m").unwrap();
+    assert_eq!(settings.headers, [("x-trace".to_string(), "1".to_string())]);
+    assert_eq!(settings.idle_timeout, Duration::from_secs(120));
+    assert_eq!(
+        sse("").unwrap().idle_timeout,
+        farine::config::DEFAULT_IDLE_TIMEOUT
+    );
+    assert_config_error(
+        sse("idle_timeout = 8d").unwrap_err(),
+        "calc",
+        "idle_timeout",
+        "at most 7 days",
+    );
+    assert_config_error(
+        sse("header.Bad Name = 1").unwrap_err(),
+        "calc",
+        "header.bad name",
+        "HTTP header name",
+    );
 }

@@ -106,7 +106,7 @@ pub use farine_macros::stream_http as http;
 #[allow(unused_imports)] // the runtime starts #[stream::http] entry points with it
 pub(crate) use listen::run;
 
-use crate::config::{redact_uri, ServiceConfig};
+use crate::config::{redact_uri, ServiceConfig, SseSettings};
 use crate::context::ServiceContext;
 use crate::registry::{panic_text, HandlerResult, Outcome};
 use crate::{Error, Result};
@@ -119,7 +119,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The `idle_timeout` used when the key is unset.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub use crate::config::DEFAULT_IDLE_TIMEOUT;
 
 /// One server-sent event, as the method receives it.
 ///
@@ -361,45 +361,12 @@ impl ListenerSpec {
                 endpoint.to_owned()
             }
         };
-        let mut headers = Vec::new();
-        for (key, value) in settings.raw_prefixed("header.") {
-            let name = &key["header.".len()..];
-            let value = value.trim();
-            if value.is_empty() {
-                continue;
-            }
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(settings.error(
-                    key,
-                    format!("expected an HTTP header name after \"header.\", got {name:?}"),
-                ));
-            }
-            if reqwest::header::HeaderValue::from_str(value).is_err() {
-                return Err(settings.error(
-                    key,
-                    "expected a header value of printable text without line breaks (the value \
-                     is not shown)",
-                ));
-            }
-            headers.push((name.to_owned(), value.to_owned()));
-        }
-        let idle_timeout = match settings.raw("idle_timeout").map(str::trim) {
-            None | Some("") => DEFAULT_IDLE_TIMEOUT,
-            Some(value) => crate::config::parse_duration(value).ok_or_else(|| {
-                settings.error(
-                    "idle_timeout",
-                    format!(
-                        "expected a duration of at most 7 days such as 60s, 500ms or 2m, or a \
-                         number of seconds (0 disables it), got {value:?}"
-                    ),
-                )
-            })?,
-        };
+        let sse = SseSettings::from_settings(settings)?;
         Ok(ListenerSpec {
             label,
             endpoint,
-            headers,
-            idle_timeout,
+            headers: sse.headers,
+            idle_timeout: sse.idle_timeout,
             retry_min: settings.retry_delay,
             retry_max: settings.retry_max_delay,
             max_event_bytes: settings.max_message_bytes,

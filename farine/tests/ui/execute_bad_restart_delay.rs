@@ -5,7 +5,7 @@ pub struct Shop;
 
 #[farine::service]
 impl Shop {
-    #[execute::method(restart_delay = "5 seconds")]
+    #[execute::method(restart_delay = "5 parsecs")]
     async fn reconcile(&self) {}
 }
 
