@@ -7,7 +7,8 @@
 //! `> /dev/full`) is reported on stderr with exit status 1.
 
 use crate::Failure;
-use farine::rpc::CallOptions;
+use farine::config::parse_duration;
+use farine::rpc::{split_args, CallOptions};
 use farine::{Client, Config};
 use futures::StreamExt;
 use serde_json::{Map, Value};
@@ -35,18 +36,16 @@ pub fn run(target: &str, args: Option<&str>, timeout: Option<&str>) -> Result<Ex
     let (args, kwargs) = parse_args(args)?;
     let timeout = timeout
         .map(|text| {
-            humantime::parse_duration(text)
-                .or_else(|_| {
-                    text.parse::<f64>()
-                        .map(Duration::from_secs_f64)
-                        .map_err(|_| ())
-                })
-                .map_err(|_| {
-                    Failure::with_code(
-                        2,
-                        format!("--timeout: expected a duration such as 5s or 500ms, got {text:?}"),
-                    )
-                })
+            // The configuration's grammar: "-1" or "inf" made from_secs_f64 panic here.
+            parse_duration(text).ok_or_else(|| {
+                Failure::with_code(
+                    2,
+                    format!(
+                        "--timeout: expected {}, got {text:?}",
+                        farine::config::DURATION_EXPECTED
+                    ),
+                )
+            })
         })
         .transpose()?;
     let config = Config::from_env().map_err(|err| Failure::new(err.to_string()))?;
@@ -97,8 +96,8 @@ async fn cancel(replies: farine::rpc::Replies) {
     }
 }
 
-/// A JSON array is the positional arguments, an object the arguments by name, any other
-/// value the single argument.
+/// A JSON array is the positional arguments, an object the arguments by name, `null` no
+/// arguments, any other value the single argument (as every farine client splits them).
 fn parse_args(text: Option<&str>) -> Result<(Vec<Value>, Map<String, Value>), Failure> {
     let Some(text) = text else {
         return Ok((Vec::new(), Map::new()));
@@ -109,9 +108,5 @@ fn parse_args(text: Option<&str>) -> Result<(Vec<Value>, Map<String, Value>), Fa
             format!("JSON-ARGS: expected JSON (an array of arguments, an object of named arguments, or one value): {err}"),
         )
     })?;
-    Ok(match value {
-        Value::Array(items) => (items, Map::new()),
-        Value::Object(map) => (Vec::new(), map),
-        other => (vec![other], Map::new()),
-    })
+    Ok(split_args(value))
 }

@@ -64,7 +64,7 @@ pub fn migrate(modules: &[String], release: bool) -> Result<ExitCode, Failure> {
             )));
         }
         let status = Command::new(&service.executable)
-            .env("FARINE_MIGRATIONS", &migrations)
+            .env(farine::runtime::MIGRATIONS_ENV, &migrations)
             .status()
             .map_err(|e| {
                 Failure::new(format!("cannot run {}: {e}", service.executable.display()))

@@ -18,6 +18,19 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// The environment variable that puts a service binary in migration mode: when set, `run`
+/// applies the sqlx migrations in the folder it names to every service's database, then
+/// returns. `farine migrate --start MODULE` sets it to the crate's `migrations/` folder.
+///
+/// ```no_run
+/// // What `farine migrate` does for each service binary.
+/// std::process::Command::new("target/debug/shop")
+///     .env(farine::runtime::MIGRATIONS_ENV, "migrations")
+///     .status()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub const MIGRATIONS_ENV: &str = "FARINE_MIGRATIONS";
+
 /// Starts services from a [`Config`]: the whole binary's (`farine::main!`) or a chosen few
 /// (tests, embedding).
 ///
@@ -310,7 +323,7 @@ async fn serve() -> Result<()> {
     // otherwise meet the default action and kill the process instead of stopping it.
     let mut signals = Signals::install()?;
     let config = Config::from_env()?;
-    if let Some(dir) = std::env::var_os("FARINE_MIGRATIONS") {
+    if let Some(dir) = std::env::var_os(MIGRATIONS_ENV) {
         return migrate(&config, std::path::Path::new(&dir)).await;
     }
     if registry::services().is_empty() {

@@ -71,12 +71,7 @@ impl Client {
         method: &str,
         args: Value,
     ) -> Result<Iter<T>> {
-        let (args, kwargs) = match args {
-            Value::Array(items) => (items, Default::default()),
-            Value::Object(map) => (Vec::new(), map),
-            Value::Null => (Vec::new(), Default::default()),
-            other => (vec![other], Default::default()),
-        };
+        let (args, kwargs) = super::split_args(args);
         let replies = self.runtime.block_on(self.inner.request(
             service,
             method,

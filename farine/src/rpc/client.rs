@@ -288,7 +288,26 @@ async fn dispatch(
     pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
 }
 
-fn split_args(args: Value) -> (Vec<Value>, Map<String, Value>) {
+/// Splits the JSON arguments of a call into positional arguments and arguments by name, as
+/// every client sends them (`{"args": [...], "kwargs": {...}}`): an array is the positional
+/// arguments, an object the arguments by name, `null` no arguments, and any other value the
+/// single positional argument.
+///
+/// ```
+/// use farine::rpc::split_args;
+/// use serde_json::json;
+///
+/// let (args, kwargs) = split_args(json!([1, 2]));
+/// assert_eq!((args, kwargs.len()), (vec![json!(1), json!(2)], 0));
+///
+/// let (args, kwargs) = split_args(json!({"a": 1}));
+/// assert!(args.is_empty());
+/// assert_eq!(kwargs["a"], 1);
+///
+/// assert_eq!(split_args(json!("x")).0, [json!("x")]);
+/// assert!(split_args(serde_json::Value::Null).0.is_empty());
+/// ```
+pub fn split_args(args: Value) -> (Vec<Value>, Map<String, Value>) {
     match args {
         Value::Array(items) => (items, Map::new()),
         Value::Object(map) => (Vec::new(), map),

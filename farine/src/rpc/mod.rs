@@ -9,7 +9,7 @@ pub(crate) mod handler;
 pub(crate) mod reply;
 pub(crate) mod server;
 
-pub use client::{CallOptions, Client, Replies, RpcStream};
+pub use client::{split_args, CallOptions, Client, Replies, RpcStream};
 pub use farine_macros::rpc_method as method;
 
 /// Events a `#[rpc::method(broadcast = "exchange")]` publishes to its fanout exchange once
