@@ -125,7 +125,7 @@ impl Origin {
         // Put straight into this queue (a retry, or `farine dlq replay`): the origin headers
         // only describe it (nothing routes by them), so they are kept for the next parking.
         let direct =
-            delivery.exchange.as_str().is_empty() && delivery.routing_key.as_str() == queue;
+            delivery.exchange.is_empty() && delivery.routing_key == queue;
         if !retried && !direct {
             return first;
         }

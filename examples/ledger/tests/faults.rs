@@ -132,10 +132,7 @@ async fn entries_survive_a_killed_service_and_a_restarted_broker() {
     ] {
         sqlx::query(statement).execute(&pool).await.unwrap();
     }
-    let cleanup = farine::broker::Broker::connect(&config.service("ledger").unwrap().amqp_uri, 30)
-        .await
-        .unwrap();
-    let channel = cleanup.scratch_channel().await.unwrap();
+    let raw = farine_test_support::Raw::connect().await;
     let mut queues = vec![
         "ledger.entries".to_string(),
         "ledger__count".into(),
@@ -148,14 +145,7 @@ async fn entries_survive_a_killed_service_and_a_restarted_broker() {
             queues.push(format!("{queue}.retry.{ms}ms"));
         }
     }
-    for queue in &queues {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), Default::default())
-            .await;
-    }
-    for exchange in ["ledger", "calc"] {
-        let _ = channel
-            .exchange_delete(exchange.into(), Default::default())
-            .await;
-    }
+    let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
+    raw.delete_queues(&queues).await;
+    raw.delete_exchanges(&["ledger", "calc"]).await;
 }

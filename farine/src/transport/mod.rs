@@ -237,6 +237,9 @@ pub struct Subscribe {
 }
 
 /// What a subscription yields next.
+// Moved once from the transport to the delivery loop: boxing the delivery would cost an
+// allocation per message for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Next {
     Delivery(Delivery),
     /// The connection was lost; [`Subscription::recover`] waits for it to come back (the
