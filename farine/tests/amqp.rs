@@ -508,11 +508,11 @@ async fn shutdown_under_load_loses_nothing_and_repeats_nothing() {
     let queue = "t_load.work";
     clean(&raw, &[queue], &["t_load.ex"]).await;
     let total = 600;
-    let first = farine::Runtime::new(config("[t_load]\nshutdown_grace = 10s\n"))
-        .only(["t_load"])
-        .start()
-        .await
-        .unwrap();
+    // Queued before the service starts: how fast the test can publish must not decide how
+    // much of the batch is done when the stop comes (publishing slower than the handlers
+    // drain once let the whole batch finish first).
+    raw.exchange("t_load.ex", lapin::ExchangeKind::Direct).await;
+    raw.bound_queue(queue, "t_load.ex", "work").await;
     for i in 0..total {
         raw.publish(
             "t_load.ex",
@@ -521,6 +521,11 @@ async fn shutdown_under_load_loses_nothing_and_repeats_nothing() {
         )
         .await;
     }
+    let first = farine::Runtime::new(config("[t_load]\nshutdown_grace = 10s\n"))
+        .only(["t_load"])
+        .start()
+        .await
+        .unwrap();
     assert!(eventually(WAIT, || LOAD_SEEN.lock().unwrap().len() >= 100).await);
     // Stop with up to 50 handlers running and more prefetched: the running ones finish and
     // are acked, the rest go back to the queue unprocessed.
