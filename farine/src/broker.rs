@@ -52,7 +52,7 @@ impl Broker {
     /// The broker of a service's settings: its `amqp_uri`, `heartbeat`, and for `amqps://`
     /// the certificate authorities of `amqp_ca_file` (PEM) on top of the system's.
     pub async fn for_service(settings: &ServiceConfig) -> Result<Broker> {
-        let ca = match settings.raw("amqp_ca_file").filter(|path| !path.is_empty()) {
+        let ca = match settings.amqp_ca_file.as_deref() {
             Some(path) => Some(std::fs::read_to_string(path).map_err(|err| {
                 settings.error(
                     "amqp_ca_file",

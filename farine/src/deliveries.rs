@@ -4,6 +4,7 @@
 //! queue was deleted), and on shutdown: cancel the consumer, let in-flight work finish within
 //! the grace period, and leave the rest unacked so the broker delivers it again.
 
+use crate::backoff::{Backoff, MIN_DELAY};
 use crate::broker::Broker;
 use crate::transport::{Delivery, Next, Subscribe, Subscription};
 use crate::{Error, Result};
@@ -37,20 +38,19 @@ impl DeliveryLoop {
     /// After the broker cancelled the consumer: declares the queue again and consumes it,
     /// retrying with backoff until it works or `shutdown`. `None` on shutdown.
     async fn reattach(&mut self, shutdown: &CancellationToken) -> Option<Result<()>> {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(MIN_DELAY, Duration::from_secs(5)).jitter(0.25);
         loop {
             match self.subscription.reattach().await {
                 Ok(()) => return Some(Ok(())),
                 Err(err @ Error::Runtime(_)) => return Some(Err(err)),
                 Err(err) => {
-                    tracing::warn!(entry_point = %self.label, queue = %self.queue, "could not re-attach, retrying in {delay:?}: {err}")
+                    tracing::warn!(entry_point = %self.label, queue = %self.queue, "could not re-attach, retrying: {err}")
                 }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep(backoff.next()) => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 

@@ -11,6 +11,7 @@
 //! The main queue gets no arguments, so it stays compatible with peers (Python farine) that
 //! declare it plainly. A failed message is acked only after its copy was confirmed.
 
+use crate::backoff::Backoff;
 use crate::broker::Broker;
 use crate::clip::clip;
 use crate::config::ServiceConfig;
@@ -44,11 +45,11 @@ impl RetryPolicy {
         }
     }
 
-    /// Delay before retry number `retry` (0-based).
+    /// Delay before retry number `retry` (0-based), in whole milliseconds (the delay
+    /// queues' TTL): the shared backoff, without jitter, so equal steps share one queue.
     fn delay_ms(&self, retry: u32) -> u64 {
-        let base = self.delay.as_millis().max(1) as u64;
-        let max = self.max_delay.as_millis().max(1) as u64;
-        base.saturating_mul(1u64 << retry.min(32)).min(max)
+        let backoff = Backoff::new(self.delay, self.max_delay).min(Duration::from_millis(1));
+        u64::try_from(backoff.delay(retry + 1).as_millis()).unwrap_or(u64::MAX)
     }
 
     fn steps(&self) -> Vec<u64> {
@@ -124,8 +125,7 @@ impl Origin {
         let retried = came_back_from_retry(delivery, queue);
         // Put straight into this queue (a retry, or `farine dlq replay`): the origin headers
         // only describe it (nothing routes by them), so they are kept for the next parking.
-        let direct =
-            delivery.exchange.is_empty() && delivery.routing_key == queue;
+        let direct = delivery.exchange.is_empty() && delivery.routing_key == queue;
         if !retried && !direct {
             return first;
         }
@@ -286,4 +286,22 @@ pub(crate) async fn dead_letter(
     broker
         .publish("", &dlq, &delivery.body, properties, true)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_queues_double_up_to_the_cap_one_queue_per_step() {
+        let policy = |attempts, delay, max| RetryPolicy {
+            attempts,
+            delay: Duration::from_millis(delay),
+            max_delay: Duration::from_millis(max),
+        };
+        assert_eq!(policy(3, 1000, 60_000).steps(), [1000, 2000, 4000]);
+        assert_eq!(policy(4, 100, 150).steps(), [100, 150]);
+        assert_eq!(policy(0, 100, 150).steps(), Vec::<u64>::new());
+        assert_eq!(policy(100, 1000, 60_000).steps().last(), Some(&60_000));
+    }
 }

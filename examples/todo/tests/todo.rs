@@ -20,7 +20,7 @@ use todo::{Todo, TodoServiceClient};
 fn farine_migrate() -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_todo"))
         .env(
-            "FARINE_MIGRATIONS",
+            farine::runtime::MIGRATIONS_ENV,
             concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"),
         )
         .env("FARINE_INI", example_ini())

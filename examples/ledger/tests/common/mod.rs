@@ -30,7 +30,7 @@ pub async fn fresh_database() -> sqlx::PgPool {
     let migrated = Command::new(env!("CARGO_BIN_EXE_ledger"))
         .env("FARINE_INI", example_ini())
         .env(
-            "FARINE_MIGRATIONS",
+            farine::runtime::MIGRATIONS_ENV,
             concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"),
         )
         .output()
