@@ -73,7 +73,7 @@ const _: () = {
         {
             def.uses_db("add");
             def.rpc(
-                ::farine::__private::RpcSpec {
+                ::farine::__private::RpcAttr {
                     method: "add",
                     concurrency: ::core::option::Option::Some(4),
                     broadcast: ::core::option::Option::Some("shop.events"),
@@ -157,7 +157,7 @@ const _: () = {
         {
             def.uses_db("items");
             def.rpc(
-                ::farine::__private::RpcSpec {
+                ::farine::__private::RpcAttr {
                     method: "items",
                     concurrency: ::core::option::Option::None,
                     broadcast: ::core::option::Option::None,
@@ -211,7 +211,7 @@ const _: () = {
         }
         {
             def.rpc(
-                ::farine::__private::RpcSpec {
+                ::farine::__private::RpcAttr {
                     method: "name",
                     concurrency: ::core::option::Option::None,
                     broadcast: ::core::option::Option::None,
@@ -250,7 +250,7 @@ const _: () = {
         #[cfg(feature = "beta")]
         {
             def.rpc(
-                ::farine::__private::RpcSpec {
+                ::farine::__private::RpcAttr {
                     method: "beta",
                     concurrency: ::core::option::Option::None,
                     broadcast: ::core::option::Option::None,

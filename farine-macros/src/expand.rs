@@ -374,7 +374,7 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
             };
             out.extend(quote! {
                 def.rpc(
-                    ::farine::__private::RpcSpec {
+                    ::farine::__private::RpcAttr {
                         method: #method_name,
                         concurrency: #concurrency,
                         broadcast: #broadcast,

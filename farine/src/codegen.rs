@@ -6,7 +6,7 @@
 //! release, together with the macro.
 //!
 //! The macro emits what was written and the runtime decides: each attribute becomes a struct
-//! of `Option`s (`ConsumeAttr`, `PublishAttr`, `RpcSpec`, `ListenAttr`, `ExecuteAttr`), and
+//! of `Option`s (`ConsumeAttr`, `PublishAttr`, `RpcAttr`, `ListenAttr`, `ExecuteAttr`), and
 //! the defaults are applied by one runtime function per kind (`ConsumeAttr::spec`,
 //! `PublishAttr::spec` and [`publisher`], `ExecuteAttr::spec`, the listener's settings).
 //!
@@ -37,7 +37,7 @@
 //!   (see there), asserted `Deserialize` by [`RpcReturn`]; [`Config`], [`Result`],
 //!   [`Deserialize`] and [`Value`] appear in its signatures.
 
-use crate::registry::{consume_handler, ConsumeHandler};
+use crate::entry::consume::{consume_handler, ConsumeHandler};
 use crate::rpc::CallOptions as Options;
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
@@ -47,26 +47,27 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+pub use crate::amqp::PublishAttr;
 pub use crate::amqp::Publisher;
 pub use crate::checks::{MessageBody, RpcReturn};
 pub use crate::config::Config;
 pub use crate::context::ServiceContext;
-pub use crate::error::Result;
-pub use crate::execute::{execute_handler, Shutdown};
-pub use crate::registry::{
-    Call, ConsumeAttr, ExecuteAttr, HandlerResult, ListenAttr, Outcome, PublishAttr, RpcSpec,
-    ServiceDef, ServiceRegistration,
-};
-pub use crate::rpc::args::Args;
-pub use crate::rpc::handler::{
+pub use crate::entry::consume::ConsumeAttr;
+pub use crate::entry::execute::{execute_handler, ExecuteAttr, Shutdown};
+pub use crate::entry::rpc::handler::{
     acquire_db, begin_tx, error_frame, error_stream, frames, inject_client, reply, settle_tx_frame,
-    settle_tx_outcome, streaming, unary,
+    streaming, unary,
 };
-pub use crate::rpc::reply::{
+pub use crate::entry::rpc::reply::{
     Returned, ViaDisplayError, ViaSerializableError, ViaSerializeOnlyError, ViaValue,
 };
+pub use crate::entry::rpc::{Call, RpcAttr};
+pub use crate::entry::sse::{event_handler, ListenAttr};
+pub use crate::error::Result;
+pub use crate::outcome::{HandlerResult, Outcome};
+pub use crate::registry::{ServiceDef, ServiceRegistration};
+pub use crate::rpc::args::Args;
 pub use crate::rpc::{Broadcast, CallOptions, Client, FromClient, RpcStream};
-pub use crate::stream::event_handler;
 pub use inventory;
 pub use serde::Deserialize;
 pub use serde_json::Value;
@@ -263,4 +264,20 @@ impl<T> ViaUndecodable<T> for ConsumeBody<T> {
 /// Not generic, so that the handler does not depend on `T` (which need not be `'static`).
 fn stand_in(reason: String) -> ConsumeHandler {
     Arc::new(move |_, _| futures::future::ready(Outcome::Poison(reason.clone())).boxed())
+}
+
+/// The same for consumers, listeners and loops: the message is acked only after a commit.
+pub async fn settle_tx_outcome(tx: crate::db::Tx, outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Done => match tx.commit().await {
+            Ok(()) => Outcome::Done,
+            Err(err) => Outcome::Failed(format!("the transaction did not commit: {err}")),
+        },
+        other => {
+            if let Err(err) = tx.rollback().await {
+                tracing::warn!("rollback failed: {err}");
+            }
+            other
+        }
+    }
 }

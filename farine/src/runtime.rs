@@ -2,15 +2,12 @@
 //! and on SIGINT/SIGTERM stops consuming, lets in-flight work finish within the grace period,
 //! then closes the connections. A second signal exits at once.
 
-use crate::amqp::consumer;
 use crate::broker::Broker;
 use crate::config::{Config, ServiceConfig};
 use crate::context::{self, ServiceContext};
 use crate::db::{Database, DbSettings};
-use crate::execute;
+use crate::entry;
 use crate::registry::{self, ServiceRegistration};
-use crate::rpc::server;
-use crate::stream::{self, ListenerSpec};
 use crate::{Error, Result};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -131,9 +128,10 @@ impl Runtime {
             context::register(def.name, service.clone());
             for publisher in &def.publishers {
                 if settings.auto_declare {
+                    let spec = publisher.spec(def.name);
                     broker
                         .declare_exchange(
-                            publisher.exchange,
+                            spec.exchange,
                             settings.exchange_type,
                             settings.durable,
                             settings.auto_delete,
@@ -141,49 +139,34 @@ impl Runtime {
                         .await?;
                 }
             }
-            let consumers = def.consumers.len();
-            for entry in def.consumers {
-                let consumer = consumer::attach(def.name, entry, service.clone()).await?;
+            let mut counts = [0usize; 4];
+            let mut rpcs = 0;
+            for registered in def.entries {
+                counts[match &registered {
+                    entry::Registered::Consume(..) => 0,
+                    entry::Registered::Rpc(..) => {
+                        rpcs += 1;
+                        1
+                    }
+                    entry::Registered::Listen(..) => 2,
+                    entry::Registered::Execute(..) => 3,
+                }] += 1;
+                let attached = entry::attach(def.name, registered, service.clone()).await?;
                 running
                     .tasks
-                    .spawn(consumer.run(shutdown.child_token(), settings.shutdown_grace));
-            }
-            let methods = def.rpcs.len();
-            for entry in def.rpcs {
-                let method = server::attach(def.name, entry, service.clone()).await?;
-                running
-                    .tasks
-                    .spawn(method.run(shutdown.child_token(), settings.shutdown_grace));
+                    .spawn(attached.run(shutdown.child_token(), settings.shutdown_grace));
             }
             // After the methods: they declare the exchange the listener binds to.
-            if methods > 0 {
+            if rpcs > 0 {
                 let listener =
-                    server::listen_for_cancels(def.name, service.clone(), shutdown.clone()).await?;
+                    entry::rpc::listen_for_cancels(def.name, service.clone(), shutdown.clone())
+                        .await?;
                 running.tasks.spawn(async move {
                     let _ = listener.await;
                     Ok(())
                 });
             }
-            let listeners = def.listeners.len();
-            for (attr, handler) in def.listeners {
-                let label = format!("{}.{}", def.name, attr.method);
-                let spec = ListenerSpec::from_settings(label, attr.endpoint, &settings)?;
-                let listener = stream::run(spec, handler, service.clone(), shutdown.child_token());
-                running.tasks.spawn(async move {
-                    listener.await;
-                    Ok(())
-                });
-            }
-            let loops = def.loops.len();
-            for (attr, handler) in def.loops {
-                running.tasks.spawn(execute::supervise(
-                    attr.spec(def.name),
-                    handler,
-                    service.clone(),
-                    shutdown.child_token(),
-                    settings.shutdown_grace,
-                ));
-            }
+            let [consumers, methods, listeners, loops] = counts;
             tracing::info!(service = def.name, broker = %settings.amqp_uri, consumers, rpc_methods = methods, listeners, loops, publishers = def.publishers.len(), "service ready");
             running.grace = running.grace.max(settings.shutdown_grace);
             running.services.push(def.name.to_string());

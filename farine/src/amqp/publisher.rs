@@ -131,3 +131,31 @@ impl Publisher {
             .await
     }
 }
+
+/// `#[amqp::publish(...)]` as written.
+#[derive(Clone, Debug)]
+pub struct PublishAttr {
+    pub method: &'static str,
+    pub exchange: Option<&'static str>,
+    pub routing_key: Option<&'static str>,
+}
+
+impl PublishAttr {
+    /// Where the publisher sends: the exchange and routing key default to the service name.
+    pub fn spec(&self, service: &'static str) -> PublishSpec {
+        let (exchange, routing_key) = destination(service, self.exchange, self.routing_key);
+        PublishSpec {
+            method: self.method,
+            exchange,
+            routing_key,
+        }
+    }
+}
+
+/// Where a method's publisher sends, resolved from its [`PublishAttr`].
+#[derive(Clone, Debug)]
+pub struct PublishSpec {
+    pub method: &'static str,
+    pub exchange: &'static str,
+    pub routing_key: &'static str,
+}

@@ -6,7 +6,7 @@
 //! exchange, a Python farine server through the service exchange, and both reach it.
 
 use super::frame::{self, kind, ErrorInfo, Incoming};
-use super::server::queue_name;
+use super::names::queue_name;
 use crate::broker::Broker;
 use crate::config::{Config, ServiceConfig};
 use crate::transport::{Binder, Next, Properties, Subscription};
@@ -89,7 +89,7 @@ impl Client {
     pub(crate) async fn with_broker(broker: Arc<Broker>, config: Arc<Config>) -> Result<Client> {
         let reply_queue = format!(
             "{}{}",
-            super::server::REPLY_QUEUE_PREFIX,
+            super::names::REPLY_QUEUE_PREFIX,
             uuid::Uuid::new_v4().simple()
         );
         let replies = broker
@@ -341,7 +341,7 @@ impl Drop for CallGuard {
         };
         let broker = self.client.inner.broker.clone();
         let exchange = std::mem::take(&mut self.service);
-        let cancel = super::server::Cancel {
+        let cancel = super::names::Cancel {
             correlation_id: std::mem::take(&mut self.correlation_id),
             reply_to: self.client.inner.reply_queue.clone(),
         };
@@ -349,7 +349,7 @@ impl Drop for CallGuard {
             return;
         };
         handle.spawn(async move {
-            let routing_key = super::server::cancel_key(&exchange);
+            let routing_key = super::names::cancel_key(&exchange);
             let properties = Properties::json();
             if let Err(err) = broker
                 .publish(&exchange, &routing_key, body.as_bytes(), properties, false)

@@ -5,9 +5,7 @@ pub(crate) mod args;
 pub mod blocking;
 mod client;
 pub mod frame;
-pub(crate) mod handler;
-pub(crate) mod reply;
-pub(crate) mod server;
+pub(crate) mod names;
 
 pub use client::{split_args, CallOptions, Client, Replies, RpcStream};
 pub use farine_macros::rpc_method as method;

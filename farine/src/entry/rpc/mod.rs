@@ -3,14 +3,18 @@
 //! `reply_to` with its `correlation_id`. The request is acked after the last frame was
 //! confirmed by the broker, so a crash mid-call means redelivery, never a lost call.
 
-use super::args::Args;
-use super::frame::{self, kind, ErrorInfo, Frame};
+use super::deliveries::DeliveryLoop;
 use crate::broker::Broker;
 use crate::clip::clip;
 use crate::config::ServiceConfig;
 use crate::context::ServiceContext;
-use crate::deliveries::DeliveryLoop;
-use crate::registry::panic_text;
+use crate::rpc::args::Args;
+use crate::rpc::frame::{self, kind, ErrorInfo, Frame};
+use crate::rpc::names::{cancel_key, is_reply_queue, queue_name, Cancel};
+pub(crate) mod handler;
+pub(crate) mod reply;
+use super::EntryPoint;
+use crate::outcome::{guard, guard_stream};
 use crate::retry;
 use crate::transport::{Confirm, Declaration, Delivery, Next, Properties, QueueOptions, Subscribe};
 use crate::{Error, Result};
@@ -18,7 +22,6 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use std::collections::VecDeque;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -51,17 +54,13 @@ impl From<Frame> for Reply {
 /// Binds a request's arguments and starts the method.
 pub type RpcHandler = Arc<dyn Fn(Arc<ServiceContext>, Args) -> Call + Send + Sync>;
 
-/// `#[rpc::method(...)]` as written.
+/// `#[rpc::method(...)]` as written (its queue is always `<service>__<method>`, its prefetch
+/// the section's `concurrency` unless given).
 #[derive(Clone, Debug)]
-pub struct RpcSpec {
+pub struct RpcAttr {
     pub method: &'static str,
     pub concurrency: Option<u16>,
     pub broadcast: Option<&'static str>,
-}
-
-pub struct RpcEntry {
-    pub spec: RpcSpec,
-    pub handler: RpcHandler,
 }
 
 /// Unconfirmed frames a stream may have in flight: bounds memory without waiting a round
@@ -74,27 +73,24 @@ pub(crate) struct Attached {
 }
 
 struct Shared {
-    entry: RpcEntry,
+    attr: RpcAttr,
+    handler: RpcHandler,
     context: Arc<ServiceContext>,
     service: &'static str,
     queue: String,
 }
 
-/// The queue of `service.method`.
-pub fn queue_name(service: &str, method: &str) -> String {
-    format!("{service}__{method}")
-}
-
 pub(crate) async fn attach(
     service: &'static str,
-    entry: RpcEntry,
+    attr: RpcAttr,
+    handler: RpcHandler,
     context: Arc<ServiceContext>,
 ) -> Result<Attached> {
     let settings: &ServiceConfig = &context.settings;
     let broker = &context.broker;
-    let label = format!("{service}.{}", entry.spec.method);
-    let queue = queue_name(service, entry.spec.method);
-    let prefetch = entry.spec.concurrency.unwrap_or(settings.concurrency);
+    let label = format!("{service}.{}", attr.method);
+    let queue = queue_name(service, attr.method);
+    let prefetch = attr.concurrency.unwrap_or(settings.concurrency);
     let mut topology = Vec::new();
     if settings.auto_declare {
         topology.push(Declaration::Exchange {
@@ -119,7 +115,7 @@ pub(crate) async fn attach(
         });
     }
     topology.push(retry::dead_letter_topology(&queue));
-    if let Some(exchange) = entry.spec.broadcast {
+    if let Some(exchange) = attr.broadcast {
         broker
             .declare_exchange(
                 exchange,
@@ -144,7 +140,8 @@ pub(crate) async fn attach(
     Ok(Attached {
         deliveries,
         shared: Arc::new(Shared {
-            entry,
+            attr,
+            handler,
             context,
             service,
             queue,
@@ -152,16 +149,20 @@ pub(crate) async fn attach(
     })
 }
 
-impl Attached {
+impl EntryPoint for Attached {
     /// Serves requests until `shutdown`, then lets in-flight calls finish within `grace`.
-    pub(crate) async fn run(self, shutdown: CancellationToken, grace: Duration) -> Result<()> {
-        let shared = self.shared;
+    fn run(
+        self: Box<Self>,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> BoxFuture<'static, Result<()>> {
+        let Attached { deliveries, shared } = *self;
         let stop = shutdown.clone();
-        self.deliveries
+        deliveries
             .run(shutdown, grace, move |delivery| {
                 serve(shared.clone(), delivery, stop.clone(), grace)
             })
-            .await
+            .boxed()
     }
 }
 
@@ -219,7 +220,7 @@ async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let label = format!("{}.{}", shared.service, shared.entry.spec.method);
+    let label = format!("{}.{}", shared.service, shared.attr.method);
     let broker = &shared.context.broker;
     let request = &delivery.message;
     let Some(reply_to) = request.properties.reply_to.clone() else {
@@ -267,8 +268,8 @@ async fn serve(
             );
             return replier.send(&frame::error_bytes(&info)).await;
         }
-        let call = match Args::parse(&request.body, shared.service, shared.entry.spec.method) {
-            Ok(args) => (shared.entry.handler)(shared.context.clone(), args),
+        let call = match Args::parse(&request.body, shared.service, shared.attr.method) {
+            Ok(args) => (shared.handler)(shared.context.clone(), args),
             Err(info) => Call::Rejected(info),
         };
         match call {
@@ -277,15 +278,14 @@ async fn serve(
                 replier.send(&frame::error_bytes(&info)).await
             }
             Call::Unary(future) => {
-                let reply = AssertUnwindSafe(future)
-                    .catch_unwind()
+                let reply = guard(future)
                     .await
                     .unwrap_or_else(|panic| Frame::Error(panicked(&label, &panic)).into());
                 match reply.frame {
                     Frame::Item(bytes) => {
                         replier.send(&bytes).await?;
                         replier.send(frame::END).await?;
-                        if let Some(exchange) = shared.entry.spec.broadcast {
+                        if let Some(exchange) = shared.attr.broadcast {
                             // After the commit (inside the method's future) and the reply.
                             replier.settle_all().await?;
                             let events = reply.events.unwrap_or_else(|| result_body(&bytes));
@@ -335,7 +335,7 @@ async fn stream_frames(
     shutdown: &CancellationToken,
     grace: Duration,
 ) -> Result<()> {
-    let mut stream = AssertUnwindSafe(stream).catch_unwind();
+    let mut stream = std::pin::pin!(guard_stream(stream));
     let stopped = async {
         shutdown.cancelled().await;
         tokio::time::sleep(grace).await;
@@ -395,8 +395,7 @@ async fn broadcast(broker: &Broker, label: &str, exchange: &str, events: &[serde
     }
 }
 
-fn panicked(label: &str, panic: &Box<dyn std::any::Any + Send>) -> ErrorInfo {
-    let text = panic_text(panic);
+fn panicked(label: &str, text: &str) -> ErrorInfo {
     tracing::error!(call = %label, "method panicked: {text}");
     ErrorInfo::new(kind::INTERNAL, format!("{label} panicked: {text}"))
 }
@@ -410,35 +409,6 @@ async fn settle(delivery: &Delivery, done: bool) {
     if let Err(err) = result {
         tracing::warn!("could not settle the request (it will be redelivered): {err}");
     }
-}
-
-/// A caller's request to stop a stream: both the call's correlation id and its `reply_to`
-/// must match (a direct reply-to name cannot be guessed, so neither can such a cancel).
-#[derive(serde::Serialize, serde::Deserialize)]
-pub(crate) struct Cancel {
-    pub correlation_id: String,
-    #[serde(default)]
-    pub reply_to: String,
-}
-
-/// Whether `name` is a reply queue a service may answer into: RabbitMQ's direct reply-to,
-/// a farine client's `farine.reply.<32 hex>`, or Python farine's `uuid4().hex`. Anything else
-/// (an entry point's queue, any other queue) is refused: a caller does not choose where a
-/// service publishes.
-pub(crate) fn is_reply_queue(name: &str) -> bool {
-    let hex32 = |s: &str| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    name == "amq.rabbitmq.reply-to"
-        || name.starts_with("amq.rabbitmq.reply-to.")
-        || hex32(name.strip_prefix(REPLY_QUEUE_PREFIX).unwrap_or(name))
-}
-
-/// The prefix of a farine client's reply queue, followed by 32 hex digits.
-pub(crate) const REPLY_QUEUE_PREFIX: &str = "farine.reply.";
-
-/// Routing key on the service exchange where callers ask to stop a stream (an extension:
-/// Python farine servers never bind it, so the request is simply dropped).
-pub(crate) fn cancel_key(service: &str) -> String {
-    format!("{service}.__cancel__")
 }
 
 /// One exclusive queue per service process that hears stream cancellations: every instance

@@ -1,114 +1,19 @@
-//! `#[stream::http]`: a Server-Sent-Events listener.
-//!
-//! A method marked `#[stream::http]` is called for every event of an HTTP
-//! [`text/event-stream`](https://html.spec.whatwg.org/multipage/server-sent-events.html),
-//! one event at a time and in the order the server sent them (so a method that republishes
-//! them to RabbitMQ republishes in order).
-//!
-//! ```no_run
-//! use farine::prelude::*;
-//! use farine::stream::Event;
-//! use serde::Deserialize;
-//!
-//! #[derive(Deserialize)]
-//! pub struct Price {
-//!     pub symbol: String,
-//!     pub cents: i64,
-//! }
-//!
-//! #[derive(Default)]
-//! pub struct Ticker;
-//!
-//! #[farine::service] // [ticker] endpoint = https://prices.example/v1/stream
-//! impl Ticker {
-//!     #[stream::http]
-//!     async fn on_price(&self, event: Event<Price>) -> farine::Result<()> {
-//!         farine::tracing::info!(symbol = %event.data.symbol, cents = event.data.cents, id = ?event.id);
-//!         Ok(())
-//!     }
-//! }
-//! ```
-//!
-//! # The event's data
-//!
-//! [`Event<T>`](Event)'s `data` is what the server sent in the event's `data:` lines (joined
-//! with `\n`), delivered as `T`:
-//!
-//! - `Event` (that is `Event<String>`): the text exactly as sent, not decoded;
-//! - `Event<serde_json::Value>`, `Event<MyStruct>` or any other `T: Deserialize`: the text
-//!   decoded as JSON.
-//!
-//! The rule is "`String` is raw, everything else is JSON"; it is decided by the type itself
-//! (a `TypeId` comparison), so no wrapper type or extra trait is needed. Data that does not
-//! decode as `T` is logged ("undecodable event data", with the event id) and skipped: the
-//! method is not called. For a stream whose events differ in shape, take `Event` and decode
-//! per event name with [`Event::json`].
-//!
-//! # Configuration
-//!
-//! In the service's section (see [`ListenerSpec::from_settings`]):
-//!
-//! ```ini
-//! [ticker]
-//! ; Or in the attribute: #[stream::http(endpoint = "...")].
-//! endpoint = https://prices.example/v1/stream
-//! ; Any number of request headers, one key each.
-//! header.Authorization = Bearer ${PRICES_TOKEN}
-//! ; No byte (keep-alives count) for this long: reconnect. 0 disables it. Default 60s.
-//! idle_timeout = 60s
-//! ; The reconnection delay after a failure, doubling up to retry_max_delay.
-//! retry_delay = 1s
-//! retry_max_delay = 60s
-//! ; Larger events are skipped.
-//! max_message_bytes = 16MiB
-//! ```
-//!
-//! # Resilience
-//!
-//! The listener only ends when the service shuts down. When the stream ends, the connection
-//! breaks, the server answers with an error status or a wrong content type, or no byte
-//! arrives for `idle_timeout`, it logs a warning with the reason and reconnects, sending
-//! `Last-Event-ID` with the id of the last event received, so the server can resume after
-//! it (the id is kept in memory only: a restarted service starts where the server starts new
-//! clients). A failure to connect at start-up is retried the same way. Header values are never
-//! logged, and the endpoint is logged with any password hidden.
-//!
-//! The wait before reconnecting:
-//!
-//! - after a connection that had delivered data, the server's `retry:` value, else
-//!   `retry_delay`;
-//! - after attempts that delivered nothing (refused, error status, closed at once), a
-//!   backoff: the larger of `retry:` and `retry_delay` (at least 100ms), doubling with each
-//!   failure in a row up to `retry_max_delay`;
-//! - plus up to 25% of random jitter, so that the clients of a restarted server do not all
-//!   come back at the same instant.
-//!
-//! One HTTP client (HTTP/1.1, rustls with the system's root certificates) serves every
-//! connection of the listener. Each request is a `GET` with `Accept: text/event-stream`,
-//! `Cache-Control: no-cache` and the configured headers.
-//!
-//! # Shutdown
-//!
-//! Reading stops at once; the event being handled gets `shutdown_grace` to finish and is
-//! then cancelled.
-//!
-//! # What a failing method does
-//!
-//! SSE has no acknowledgement and no redelivery: an event whose method returns `Err` or
-//! panics is logged (with its id) and the stream carries on with the next event.
+//! The Server-Sent-Events listener behind `#[stream::http]`: its spec (resolved against the
+//! service's settings), its handler, and its run loop (`listen`), with the SSE parser
+//! (`parse`). The user-facing names are in [`crate::stream`].
 
 mod listen;
 mod parse;
 #[cfg(test)]
 mod tests;
 
-pub use farine_macros::stream_http as http;
 #[allow(unused_imports)] // the runtime starts #[stream::http] entry points with it
 pub(crate) use listen::run;
 
+use super::EntryPoint;
 use crate::config::{redact_uri, ServiceConfig, SseSettings};
 use crate::context::ServiceContext;
-use crate::registry::{panic_text, HandlerResult, Outcome};
+use crate::outcome::{guard_outcome, HandlerResult, Outcome};
 use crate::{Error, Result};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -117,6 +22,7 @@ use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The `idle_timeout` used when the key is unset.
 pub use crate::config::DEFAULT_IDLE_TIMEOUT;
@@ -234,13 +140,7 @@ where
         let method = method.clone();
         // The method is called inside the guarded future, so even a panic before its first
         // `.await` (or in a non-async closure) becomes a failure.
-        std::panic::AssertUnwindSafe(async move { method(service, context, event).await })
-            .catch_unwind()
-            .map(|result| match result {
-                Ok(result) => result.into_outcome(),
-                Err(panic) => Outcome::Failed(format!("handler panicked: {}", panic_text(&panic))),
-            })
-            .boxed()
+        guard_outcome(async move { method(service, context, event).await }).boxed()
     })
 }
 
@@ -389,4 +289,55 @@ fn check_url(url: &str) -> std::result::Result<(), String> {
         return Err("expected an http:// or https:// URL with a host".to_owned());
     }
     Ok(())
+}
+
+/// `#[stream::http(...)]` as written.
+#[derive(Clone, Debug)]
+pub struct ListenAttr {
+    pub method: &'static str,
+    pub endpoint: Option<&'static str>,
+}
+
+/// A listener, its spec resolved, ready to run.
+pub(crate) struct Listener {
+    spec: ListenerSpec,
+    handler: EventHandler,
+    context: Arc<ServiceContext>,
+}
+
+/// Resolves a listener's spec against the service's settings (an endpoint is required).
+pub(crate) fn attach(
+    service: &'static str,
+    attr: ListenAttr,
+    handler: EventHandler,
+    context: Arc<ServiceContext>,
+) -> Result<Listener> {
+    let label = format!("{service}.{}", attr.method);
+    let spec = ListenerSpec::from_settings(label, attr.endpoint, &context.settings)?;
+    Ok(Listener {
+        spec,
+        handler,
+        context,
+    })
+}
+
+impl EntryPoint for Listener {
+    /// Listens until `shutdown`; events are handled one at a time, so there is nothing in
+    /// flight to wait for beyond the current one.
+    fn run(
+        self: Box<Self>,
+        shutdown: CancellationToken,
+        _grace: Duration,
+    ) -> BoxFuture<'static, Result<()>> {
+        let Listener {
+            spec,
+            handler,
+            context,
+        } = *self;
+        async move {
+            run(spec, handler, context, shutdown).await;
+            Ok(())
+        }
+        .boxed()
+    }
 }

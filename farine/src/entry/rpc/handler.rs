@@ -1,13 +1,11 @@
 //! What the code generated for `#[rpc::method]` calls: wrap a method's future or stream into
 //! a [`Call`], and supply injected clients.
 
-use super::frame::{kind, ErrorInfo, Frame};
-use super::server::{Call, Reply};
-use super::Broadcast;
-use super::FromClient;
+use super::{Call, Reply};
 use crate::context::ServiceContext;
 use crate::db::{Db, Tx};
-use crate::registry::Outcome;
+use crate::rpc::frame::{kind, ErrorInfo, Frame};
+use crate::rpc::{Broadcast, FromClient};
 use futures::stream::BoxStream;
 use futures::{FutureExt, Stream, StreamExt};
 use std::future::Future;
@@ -67,22 +65,6 @@ pub async fn settle_tx_frame(tx: Tx, frame: Frame) -> Frame {
                 tracing::warn!("rollback failed: {err}");
             }
             frame
-        }
-    }
-}
-
-/// The same for consumers, listeners and loops: the message is acked only after a commit.
-pub async fn settle_tx_outcome(tx: Tx, outcome: Outcome) -> Outcome {
-    match outcome {
-        Outcome::Done => match tx.commit().await {
-            Ok(()) => Outcome::Done,
-            Err(err) => Outcome::Failed(format!("the transaction did not commit: {err}")),
-        },
-        other => {
-            if let Err(err) = tx.rollback().await {
-                tracing::warn!("rollback failed: {err}");
-            }
-            other
         }
     }
 }

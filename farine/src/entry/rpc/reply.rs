@@ -10,7 +10,7 @@
 //!
 //! (Autoref specialization: it works because the generated code names concrete types.)
 
-use super::frame::{item, kind, ErrorInfo, Frame};
+use crate::rpc::frame::{item, kind, ErrorInfo, Frame};
 use serde::Serialize;
 use std::fmt::Display;
 

@@ -6,9 +6,8 @@ use super::{Event, EventHandler, ListenerSpec};
 use crate::backoff::Backoff;
 use crate::config::redact_uri;
 use crate::context::ServiceContext;
-use crate::registry::{panic_text, Outcome};
+use crate::outcome::{guard, Outcome};
 use futures::future::BoxFuture;
-use futures::FutureExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use std::future::Future;
 use std::sync::Arc;
@@ -304,8 +303,7 @@ impl Listener {
         };
         let dispatch = self.dispatch.clone();
         // The handler is called inside the guarded future: a panic anywhere in it is caught.
-        let call =
-            std::panic::AssertUnwindSafe(async move { dispatch(event).await }).catch_unwind();
+        let call = guard(async move { dispatch(event).await });
         tokio::pin!(call);
         let (result, finished) = tokio::select! {
             result = &mut call => (Some(result), true),
@@ -336,8 +334,7 @@ impl Listener {
                 entry_point = label,
                 event_id,
                 event = %kind,
-                "handler panicked, event skipped: {}",
-                panic_text(&panic)
+                "handler panicked, event skipped: {panic}"
             ),
             None => tracing::warn!(
                 entry_point = label,

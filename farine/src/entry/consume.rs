@@ -1,0 +1,244 @@
+//! The consume entry point: declares its exchange, queue and failure queues, then runs the
+//! method for each delivery, concurrently up to the entry point's prefetch, and acks only
+//! after the method returned `Ok` (or after a failed message was safely re-queued elsewhere).
+
+use super::deliveries::DeliveryLoop;
+use super::EntryPoint;
+use crate::broker::Broker;
+use crate::config::{ExchangeKind, ServiceConfig};
+use crate::context::ServiceContext;
+use crate::outcome::{guard_outcome, HandlerResult, Outcome};
+use crate::retry::{self, RetryPolicy};
+use crate::transport::{Declaration, Delivery, QueueOptions, Subscribe};
+use crate::{Error, Result};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// `#[amqp::consume(...)]` as written: what is not given is decided by [`ConsumeSpec::resolve`].
+#[derive(Clone, Debug)]
+pub struct ConsumeAttr {
+    pub method: &'static str,
+    pub exchange: Option<&'static str>,
+    pub routing_key: Option<&'static str>,
+    pub exchange_type: Option<&'static str>,
+    pub queue: Option<&'static str>,
+    pub concurrency: Option<u16>,
+}
+
+/// A consumer as it runs: its attribute resolved against the service's name and settings.
+#[derive(Clone, Debug)]
+pub(crate) struct ConsumeSpec {
+    pub label: String,
+    pub exchange: &'static str,
+    pub kind: ExchangeKind,
+    pub routing_key: &'static str,
+    pub queue: String,
+    pub prefetch: u16,
+}
+
+impl ConsumeSpec {
+    /// The one place a consumer's defaults are decided: exchange and routing key are the
+    /// service's name; the queue is the routing key; the service's own exchange has its
+    /// section's `type`, any other `direct`; the prefetch is the section's `concurrency`.
+    pub(crate) fn resolve(
+        service: &'static str,
+        attr: &ConsumeAttr,
+        settings: &ServiceConfig,
+    ) -> Result<ConsumeSpec> {
+        let label = format!("{service}.{}", attr.method);
+        let exchange = attr.exchange.unwrap_or(service);
+        let routing_key = attr.routing_key.unwrap_or(service);
+        let kind = match attr.exchange_type {
+            Some(kind) => kind
+                .parse::<ExchangeKind>()
+                .map_err(|message| Error::Runtime(format!("{label}: exchange_type: {message}")))?,
+            None if exchange == service => settings.exchange_type,
+            None => ExchangeKind::Direct,
+        };
+        Ok(ConsumeSpec {
+            queue: attr.queue.unwrap_or(routing_key).to_string(),
+            prefetch: attr.concurrency.unwrap_or(settings.concurrency),
+            label,
+            exchange,
+            kind,
+            routing_key,
+        })
+    }
+}
+
+/// Runs the user's method on a raw body.
+pub type ConsumeHandler =
+    Arc<dyn Fn(Arc<ServiceContext>, &[u8]) -> BoxFuture<'static, Outcome> + Send + Sync>;
+
+/// Builds the handler of a consume entry point: decode the body as `T`, call the method,
+/// and turn a panic into a failure instead of a dead task.
+pub fn consume_handler<S, T, F, Fut>(service: Arc<S>, method: F) -> ConsumeHandler
+where
+    S: Send + Sync + 'static,
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(Arc<S>, Arc<ServiceContext>, T) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: HandlerResult,
+{
+    Arc::new(move |context: Arc<ServiceContext>, body: &[u8]| {
+        // Decoding is synchronous: only the method's own future runs in the task.
+        let value: T = match serde_json::from_slice(body) {
+            Ok(value) => value,
+            Err(err) => {
+                let reason = crate::clip::clip_owned(format!(
+                    "body does not decode as {}: {err}",
+                    std::any::type_name::<T>()
+                ));
+                return futures::future::ready(Outcome::Poison(reason)).boxed();
+            }
+        };
+        guard_outcome(method(service.clone(), context, value)).boxed()
+    })
+}
+
+/// A consume entry point that is declared and attached to its queue.
+pub(crate) struct Attached {
+    deliveries: DeliveryLoop,
+    shared: Arc<Shared>,
+}
+
+/// What every delivery task of one entry point needs.
+struct Shared {
+    handler: ConsumeHandler,
+    context: Arc<ServiceContext>,
+    broker: Arc<Broker>,
+    queue: String,
+    policy: RetryPolicy,
+    max_message_bytes: usize,
+}
+
+/// Declares the topology of a consumer and starts consuming.
+pub(crate) async fn attach(
+    service: &'static str,
+    attr: ConsumeAttr,
+    handler: ConsumeHandler,
+    context: Arc<ServiceContext>,
+) -> Result<Attached> {
+    let broker = context.broker.clone();
+    let settings: &ServiceConfig = &context.settings;
+    let spec = ConsumeSpec::resolve(service, &attr, settings)?;
+    let ConsumeSpec {
+        label,
+        exchange,
+        kind,
+        routing_key,
+        queue,
+        prefetch,
+    } = spec;
+    let policy = RetryPolicy::from_settings(settings);
+    let mut topology = Vec::new();
+    if settings.auto_declare {
+        topology.push(Declaration::Exchange {
+            name: exchange.to_string(),
+            kind,
+            durable: settings.durable,
+            auto_delete: settings.auto_delete,
+        });
+        topology.push(Declaration::Queue {
+            name: queue.clone(),
+            options: QueueOptions {
+                durable: settings.durable,
+                exclusive: settings.exclusive,
+                auto_delete: settings.auto_delete,
+                ..Default::default()
+            },
+        });
+        topology.push(Declaration::Bind {
+            queue: queue.clone(),
+            exchange: exchange.to_string(),
+            routing_key: routing_key.to_string(),
+        });
+    }
+    topology.extend(retry::topology(&queue, &policy));
+    let deliveries = DeliveryLoop::start(
+        &broker,
+        Subscribe {
+            label: label.clone(),
+            queue: queue.clone(),
+            prefetch,
+            no_ack: false,
+            topology,
+        },
+    )
+    .await?;
+    tracing::info!(entry_point = %label, queue = %queue, exchange, routing_key, prefetch, "consumer attached");
+    let max_message_bytes = settings.max_message_bytes;
+    let shared = Arc::new(Shared {
+        handler,
+        context: context.clone(),
+        broker,
+        queue,
+        policy,
+        max_message_bytes,
+    });
+    Ok(Attached { deliveries, shared })
+}
+
+impl EntryPoint for Attached {
+    /// Handles deliveries until `shutdown`, then lets the in-flight ones finish within `grace`.
+    fn run(
+        self: Box<Self>,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> BoxFuture<'static, Result<()>> {
+        let Attached { deliveries, shared } = *self;
+        deliveries
+            .run(shutdown, grace, move |delivery| {
+                handle(shared.clone(), delivery)
+            })
+            .boxed()
+    }
+}
+
+/// Runs the handler for one delivery and settles it with the broker.
+async fn handle(shared: Arc<Shared>, delivery: Delivery) {
+    let queue = shared.queue.as_str();
+    let message = &delivery.message;
+    let outcome = if message.body.len() > shared.max_message_bytes {
+        Outcome::Poison(format!(
+            "message of {} bytes is over max_message_bytes = {}",
+            message.body.len(),
+            shared.max_message_bytes
+        ))
+    } else {
+        (shared.handler)(shared.context.clone(), &message.body).await
+    };
+    let settled = match &outcome {
+        Outcome::Done => Ok(()),
+        Outcome::Failed(reason) => {
+            retry::retry_or_dead_letter(&shared.broker, queue, message, reason, &shared.policy)
+                .await
+        }
+        Outcome::Poison(reason) => {
+            tracing::warn!(queue, "undecodable message: {reason}");
+            retry::dead_letter(&shared.broker, queue, message, reason, 1).await
+        }
+    };
+    let acked = match settled {
+        Ok(()) => delivery.ack().await,
+        Err(err) => {
+            // Keep the message: back to the queue rather than lost.
+            tracing::error!(
+                queue,
+                "could not retry or dead-letter the message, requeueing it: {err}"
+            );
+            delivery.nack(true).await
+        }
+    };
+    if let Err(err) = acked {
+        tracing::warn!(
+            queue,
+            "could not settle the message (it will be redelivered): {err}"
+        );
+    }
+}
