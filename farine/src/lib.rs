@@ -36,6 +36,23 @@
 //!
 //! The binary runs every service it holds, configured by the INI file named by `FARINE_INI`
 //! (default `/etc/farine.ini`); `farine --start shop` builds and runs it.
+//!
+//! # A map of the crate
+//!
+//! What a service uses: [`prelude`], the attribute namespaces [`amqp`] (with [`Publisher`]),
+//! [`rpc`] (with the clients), [`stream`] (`#[stream::http]`, [`stream::Event`]) and
+//! [`execute`] (`#[execute::method]`, [`execute::Shutdown`]), the database types in [`db`],
+//! [`config`], and [`Error`].
+//!
+//! Inside, data flows one way: a message arrives through the [`transport`] (the seam: lapin
+//! today, `transport::amqp`), owned per broker by [`broker`]; an entry point (private module
+//! `entry`: `consume`, `rpc`, `sse`, `execute`, behind one `EntryPoint` contract) decodes it,
+//! runs the user's method under the one panic guard (`outcome`), and settles it: a reply,
+//! an ack, or a retry then a dead letter (`retry`; [`dlq`] reads and replays them). The
+//! [`runtime`] starts what the macros registered (`registry`) and supervises it; the macros'
+//! generated code names only `farine::__private` (`codegen.rs`, its contract documented
+//! there). Shared leaves: `backoff` (the one backoff), `clip` (bounded texts), [`config`]
+//! (every key is read there).
 
 pub mod amqp;
 mod backoff;

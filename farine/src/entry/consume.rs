@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// `#[amqp::consume(...)]` as written: what is not given is decided by [`ConsumeSpec::resolve`].
+/// `#[amqp::consume(...)]` as written: what is not given is decided by `ConsumeSpec::resolve`.
 #[derive(Clone, Debug)]
 pub struct ConsumeAttr {
     pub method: &'static str,

@@ -30,7 +30,7 @@ pub use crate::config::DEFAULT_IDLE_TIMEOUT;
 /// One server-sent event, as the method receives it.
 ///
 /// `T` is how `data` is delivered: `String` (the default) is the text as sent; any other
-/// type is decoded from JSON (see the [module documentation](self)).
+/// type is decoded from JSON (see the [module documentation](crate::stream)).
 ///
 /// ```
 /// use farine::stream::Event;
