@@ -4,7 +4,6 @@
 use crate::Failure;
 use farine::broker::Broker;
 use farine::dlq::{self, DeadLetter};
-use farine::Config;
 use std::process::ExitCode;
 
 #[derive(Debug, Clone, Copy)]
@@ -15,18 +14,9 @@ pub enum Action {
 }
 
 pub fn run(action: Action, queue: &str, limit: usize) -> Result<ExitCode, Failure> {
-    let config = Config::from_env().map_err(|err| Failure::new(err.to_string()))?;
-    let settings = config
-        .service("farine-cli")
-        .map_err(|err| Failure::new(err.to_string()))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| Failure::new(format!("cannot start the async runtime: {err}")))?;
+    let (settings, runtime) = crate::broker_settings()?;
     runtime.block_on(async {
-        let broker = Broker::for_service(&settings)
-            .await
-            .map_err(|err| Failure::new(err.to_string()))?;
+        let broker = Broker::for_service(&settings).await?;
         let outcome = match action {
             Action::List | Action::Show => {
                 let letters = dlq::peek(&broker, queue, limit)

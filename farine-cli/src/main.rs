@@ -138,6 +138,24 @@ impl Failure {
     }
 }
 
+impl From<farine::Error> for Failure {
+    fn from(err: farine::Error) -> Self {
+        Failure::new(err.to_string())
+    }
+}
+
+/// What the commands that talk to the broker themselves (`publish`, `dlq`) start from: the
+/// `[DEFAULT]` settings of `FARINE_INI` and a runtime for one thread.
+pub fn broker_settings() -> Result<(farine::config::ServiceConfig, tokio::runtime::Runtime), Failure>
+{
+    let settings = farine::Config::from_env()?.service("farine-cli")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Failure::new(format!("cannot start the async runtime: {err}")))?;
+    Ok((settings, runtime))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {

@@ -3,7 +3,6 @@
 
 use crate::Failure;
 use farine::broker::Broker;
-use farine::Config;
 use std::process::ExitCode;
 
 pub fn run(
@@ -17,18 +16,9 @@ pub fn run(
     })?;
     let body = serde_json::to_vec(&json)
         .map_err(|err| Failure::new(format!("cannot encode the message: {err}")))?;
-    let config = Config::from_env().map_err(|err| Failure::new(err.to_string()))?;
-    let settings = config
-        .service("farine-cli")
-        .map_err(|err| Failure::new(err.to_string()))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| Failure::new(format!("cannot start the async runtime: {err}")))?;
+    let (settings, runtime) = crate::broker_settings()?;
     runtime.block_on(async {
-        let broker = Broker::for_service(&settings)
-            .await
-            .map_err(|err| Failure::new(err.to_string()))?;
+        let broker = Broker::for_service(&settings).await?;
         let properties =
             farine::transport::Properties::json().with_delivery_mode(settings.delivery_mode);
         let sent = broker

@@ -29,7 +29,7 @@ pub fn queue_name(queue: &str) -> String {
     }
 }
 
-fn dead_letter(body: Vec<u8>, properties: &Properties) -> DeadLetter {
+fn letter_of(body: Vec<u8>, properties: &Properties) -> DeadLetter {
     let text = |key| retry::header_text(properties, key);
     DeadLetter {
         body,
@@ -48,7 +48,7 @@ pub async fn peek(broker: &Broker, queue: &str, limit: usize) -> Result<Vec<Dead
         .peek(&dlq, limit)
         .await?
         .into_iter()
-        .map(|message| dead_letter(message.body, &message.properties))
+        .map(|message| letter_of(message.body, &message.properties))
         .collect())
 }
 

@@ -209,19 +209,7 @@ async fn remove(queues: &[String], exchanges: &[String]) -> Vec<String> {
 /// Whether `queue` exists: a passive declare fails with NOT_FOUND when it does not (and
 /// with RESOURCE_LOCKED when it is another connection's exclusive queue).
 async fn queue_exists(connection: &Connection, queue: &str) -> bool {
-    let channel = connection.create_channel().await.expect("channel");
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    let _ = channel.close(200, "OK".into()).await;
-    match declared {
+    match support::passive_queue(connection, queue).await {
         Ok(_) => true,
         Err(err) => !err.to_string().contains("NOT_FOUND"),
     }
@@ -271,21 +259,10 @@ async fn describe(connection: &Connection, queue: &str) -> String {
 
 /// Messages ready in `queue`.
 async fn ready(connection: &Connection, queue: &str) -> u32 {
-    let channel = connection.create_channel().await.expect("channel");
-    let count = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    support::passive_queue(connection, queue)
         .await
         .unwrap_or_else(|err| panic!("queue {queue} should exist: {err}"))
-        .message_count();
-    let _ = channel.close(200, "OK".into()).await;
-    count
+        .message_count()
 }
 
 // ---------------------------------------------------------------------------------------

@@ -254,20 +254,7 @@ impl Raw {
 
     /// The queue as the broker reports it, on a channel of its own (a missing queue closes it).
     async fn passive(&self, queue: &str) -> Option<lapin::Queue> {
-        let channel = self.connection.create_channel().await.expect("channel");
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .ok();
-        let _ = channel.close(200, "OK".into()).await;
-        declared
+        passive_queue(&self.connection, queue).await.ok()
     }
 
     /// Deletes queues (with farine's `.dlq` and `.retry.*` companions named in `queues`).
@@ -381,4 +368,26 @@ impl Drop for Killed {
             let _ = self.0.wait();
         }
     }
+}
+
+/// A passive declare of `queue` on a channel of its own (a missing queue closes the channel):
+/// the queue as the broker reports it, or the broker's refusal (`NOT_FOUND`, or
+/// `RESOURCE_LOCKED` for another connection's exclusive queue).
+pub async fn passive_queue(
+    connection: &Connection,
+    queue: &str,
+) -> Result<lapin::Queue, lapin::Error> {
+    let channel = connection.create_channel().await.expect("channel");
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    let _ = channel.close(200, "OK".into()).await;
+    declared
 }

@@ -2,14 +2,14 @@
 //! method for each delivery, concurrently up to the entry point's prefetch, and acks only
 //! after the method returned `Ok` (or after a failed message was safely re-queued elsewhere).
 
-use super::deliveries::DeliveryLoop;
+use super::deliveries::{queue_topology, DeliveryLoop};
 use super::EntryPoint;
 use crate::broker::Broker;
 use crate::config::{ExchangeKind, ServiceConfig};
 use crate::context::ServiceContext;
 use crate::outcome::{guard_outcome, HandlerResult, Outcome};
 use crate::retry::{self, RetryPolicy};
-use crate::transport::{Declaration, Delivery, QueueOptions, Subscribe};
+use crate::transport::{Delivery, Subscribe};
 use crate::{Error, Result};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -136,29 +136,7 @@ pub(crate) async fn attach(
         prefetch,
     } = spec;
     let policy = RetryPolicy::from_settings(settings);
-    let mut topology = Vec::new();
-    if settings.auto_declare {
-        topology.push(Declaration::Exchange {
-            name: exchange.to_string(),
-            kind,
-            durable: settings.durable,
-            auto_delete: settings.auto_delete,
-        });
-        topology.push(Declaration::Queue {
-            name: queue.clone(),
-            options: QueueOptions {
-                durable: settings.durable,
-                exclusive: settings.exclusive,
-                auto_delete: settings.auto_delete,
-                ..Default::default()
-            },
-        });
-        topology.push(Declaration::Bind {
-            queue: queue.clone(),
-            exchange: exchange.to_string(),
-            routing_key: routing_key.to_string(),
-        });
-    }
+    let mut topology = queue_topology(settings, exchange, kind, &queue, routing_key);
     topology.extend(retry::topology(&queue, &policy));
     let deliveries = DeliveryLoop::start(
         &broker,

@@ -6,7 +6,8 @@
 
 use crate::backoff::{Backoff, MIN_DELAY};
 use crate::broker::Broker;
-use crate::transport::{Delivery, Next, Subscribe, Subscription};
+use crate::config::{ExchangeKind, ServiceConfig};
+use crate::transport::{Declaration, Delivery, Next, QueueOptions, Subscribe, Subscription};
 use crate::{Error, Result};
 use std::future::Future;
 use std::time::Duration;
@@ -18,6 +19,42 @@ pub(crate) struct DeliveryLoop {
     label: String,
     queue: String,
     subscription: Box<dyn Subscription>,
+}
+
+/// An entry point's own queue bound to its exchange, declared as the service's section says
+/// (nothing when `auto_declare = false`: the queue is then someone else's to declare).
+pub(crate) fn queue_topology(
+    settings: &ServiceConfig,
+    exchange: &str,
+    kind: ExchangeKind,
+    queue: &str,
+    routing_key: &str,
+) -> Vec<Declaration> {
+    if !settings.auto_declare {
+        return Vec::new();
+    }
+    vec![
+        Declaration::Exchange {
+            name: exchange.to_string(),
+            kind,
+            durable: settings.durable,
+            auto_delete: settings.auto_delete,
+        },
+        Declaration::Queue {
+            name: queue.to_string(),
+            options: QueueOptions {
+                durable: settings.durable,
+                exclusive: settings.exclusive,
+                auto_delete: settings.auto_delete,
+                ..Default::default()
+            },
+        },
+        Declaration::Bind {
+            queue: queue.to_string(),
+            exchange: exchange.to_string(),
+            routing_key: routing_key.to_string(),
+        },
+    ]
 }
 
 /// A body at least this large is followed by handing freed memory back to the system.

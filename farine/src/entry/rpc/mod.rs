@@ -3,7 +3,7 @@
 //! `reply_to` with its `correlation_id`. The request is acked after the last frame was
 //! confirmed by the broker, so a crash mid-call means redelivery, never a lost call.
 
-use super::deliveries::DeliveryLoop;
+use super::deliveries::{queue_topology, DeliveryLoop};
 use crate::broker::Broker;
 use crate::clip::clip;
 use crate::config::ServiceConfig;
@@ -16,7 +16,7 @@ pub(crate) mod reply;
 use super::EntryPoint;
 use crate::outcome::{guard, guard_stream};
 use crate::retry;
-use crate::transport::{Confirm, Declaration, Delivery, Next, Properties, QueueOptions, Subscribe};
+use crate::transport::{Confirm, Delivery, Next, Properties, Subscribe};
 use crate::{Error, Result};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -91,29 +91,7 @@ pub(crate) async fn attach(
     let label = format!("{service}.{}", attr.method);
     let queue = queue_name(service, attr.method);
     let prefetch = attr.concurrency.unwrap_or(settings.concurrency);
-    let mut topology = Vec::new();
-    if settings.auto_declare {
-        topology.push(Declaration::Exchange {
-            name: service.to_string(),
-            kind: settings.exchange_type,
-            durable: settings.durable,
-            auto_delete: settings.auto_delete,
-        });
-        topology.push(Declaration::Queue {
-            name: queue.clone(),
-            options: QueueOptions {
-                durable: settings.durable,
-                exclusive: settings.exclusive,
-                auto_delete: settings.auto_delete,
-                ..Default::default()
-            },
-        });
-        topology.push(Declaration::Bind {
-            queue: queue.clone(),
-            exchange: service.to_string(),
-            routing_key: queue.clone(),
-        });
-    }
+    let mut topology = queue_topology(settings, service, settings.exchange_type, &queue, &queue);
     topology.push(retry::dead_letter_topology(&queue));
     if let Some(exchange) = attr.broadcast {
         broker
