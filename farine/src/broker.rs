@@ -5,6 +5,7 @@
 
 use crate::config::{AmqpUri, ExchangeKind, ServiceConfig};
 use crate::transport::amqp::Amqp;
+use crate::transport::memory::{self, Memory};
 use crate::transport::{
     Confirm, Declaration, Message, Moved, Outgoing, Properties, QueueOptions, Subscribe,
     Subscription, Transport,
@@ -69,10 +70,16 @@ impl Broker {
         Broker::connect_tls(uri, heartbeat, None).await
     }
 
-    /// [`Broker::connect`], trusting the PEM certificates `ca` for `amqps://` as well.
+    /// [`Broker::connect`], trusting the PEM certificates `ca` for `amqps://` as well. The
+    /// scheme chooses the transport: `memory://NAME` a new connection to the process's
+    /// in-memory broker `NAME` (shared by every connection with that name), anything else
+    /// RabbitMQ.
     pub async fn connect_tls(uri: &AmqpUri, heartbeat: u16, ca: Option<String>) -> Result<Broker> {
-        let transport = Amqp::connect(uri, heartbeat, ca).await?;
-        Ok(Broker::on(uri.clone(), Box::new(transport)))
+        let transport: Box<dyn Transport> = match memory::broker_name(uri.expose()) {
+            Some(name) => Box::new(Memory::open(name)),
+            None => Box::new(Amqp::connect(uri, heartbeat, ca).await?),
+        };
+        Ok(Broker::on(uri.clone(), transport))
     }
 
     /// A broker over any transport.

@@ -14,6 +14,7 @@ use crate::{Error, Result};
 
 keys! {
     KEYS:
+    /// The broker: `amqp://`, `amqps://`, or `memory://NAME` for one in the process.
     AMQP_URI = "amqp_uri",
     /// Read by the broker connection for `amqps://`.
     AMQP_CA_FILE = "amqp_ca_file",
@@ -82,7 +83,9 @@ pub struct ServiceConfig {
     pub name: String,
     /// The configuration file, for error messages.
     pub file: PathBuf,
-    /// `amqp_uri` (required): the broker, `amqp://` or `amqps://`.
+    /// `amqp_uri` (required): the broker, `amqp://` or `amqps://`; or `memory://NAME`, a
+    /// broker in the process's memory, shared by every service and client of the process
+    /// with the same name (nothing persists; for tests and single-process setups).
     pub amqp_uri: AmqpUri,
     /// `type`: the service exchange's type; default `direct`.
     pub exchange_type: ExchangeKind,
@@ -368,9 +371,14 @@ impl ServiceConfig {
     }
 
     fn resolve_amqp_uri(&self) -> Result<AmqpUri> {
-        let expected = "a URI starting with amqp:// or amqps://";
+        let expected =
+            "a URI starting with amqp:// or amqps:// (or memory://NAME for an in-process broker)";
         match self.typed(AMQP_URI, expected, |v| {
-            has_scheme(v, &["amqp://", "amqps://"]).then(|| AmqpUri::new(v))
+            has_scheme(
+                v,
+                &["amqp://", "amqps://", crate::transport::memory::SCHEME],
+            )
+            .then(|| AmqpUri::new(v))
         })? {
             Some(uri) => Ok(uri),
             None => Err(self.error(

@@ -12,9 +12,11 @@
 //! - **Parked messages**: count, peek and move (the dead-letter tools).
 //!
 //! [`amqp`] implements it on RabbitMQ with lapin; nothing outside that module sees a lapin
-//! type. Messages are described by farine's own [`Properties`] and [`Headers`].
+//! type. [`memory`] implements it in process memory (`memory://NAME`), for tests and setups
+//! without RabbitMQ. Messages are described by farine's own [`Properties`] and [`Headers`].
 
 pub mod amqp;
+pub mod memory;
 
 use crate::config::ExchangeKind;
 use crate::Result;
