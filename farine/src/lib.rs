@@ -44,8 +44,9 @@
 //! [`execute`] (`#[execute::method]`, [`execute::Shutdown`]), the database types in [`db`],
 //! [`config`], and [`Error`].
 //!
-//! Inside, data flows one way: a message arrives through the [`transport`] (the seam: lapin
-//! today, `transport::amqp`), owned per broker by [`broker`]; an entry point (private module
+//! Inside, data flows one way: a message arrives through the [`transport`] (the seam:
+//! `transport::amqp` on RabbitMQ with lapin, `transport::memory` in process for
+//! `amqp_uri = memory://`), owned per broker by [`broker`]; an entry point (private module
 //! `entry`: `consume`, `rpc`, `sse`, `execute`, behind one `EntryPoint` contract) decodes it,
 //! runs the user's method under the one panic guard (`outcome`), and settles it: a reply,
 //! an ack, or a retry then a dead letter (`retry`; [`dlq`] reads and replays them). The
