@@ -139,8 +139,33 @@ pub(crate) fn unregister(name: &str) {
         .remove(name);
 }
 
-/// The context of `service`: the running one, or one built from `FARINE_INI`.
+tokio::task_local! {
+    /// The service whose handler runs in this task: a `Publisher` inside it uses that
+    /// service's broker, even when several runtimes run a service of the same name in one
+    /// process (tests in parallel, each on a broker of its own).
+    static CURRENT: Arc<ServiceContext>;
+}
+
+/// Runs `future` (a handler) as `context`'s.
+pub(crate) fn scope<F: std::future::Future>(
+    context: Arc<ServiceContext>,
+    future: F,
+) -> impl std::future::Future<Output = F::Output> {
+    CURRENT.scope(context, future)
+}
+
+/// The context of `service`: the one whose handler is running, else the running one
+/// registered by that name, else one built from `FARINE_INI`.
 pub(crate) async fn service(name: &str) -> Result<Arc<ServiceContext>> {
+    let current = CURRENT
+        .try_with(|context| (context.settings.name == name).then(|| context.clone()))
+        .ok()
+        .flatten();
+    if let Some(context) = current {
+        if context.broker.is_connected() {
+            return Ok(context);
+        }
+    }
     let known = services()
         .read()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -67,12 +67,15 @@ pub mod dlq;
 mod entry;
 mod error;
 pub mod execute;
+mod observe;
 mod outcome;
 mod registry;
 mod retry;
 pub mod rpc;
 pub mod runtime;
 pub mod stream;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod transport;
 
 pub use config::Config;

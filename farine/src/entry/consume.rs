@@ -109,6 +109,8 @@ pub(crate) struct Attached {
 
 /// What every delivery task of one entry point needs.
 struct Shared {
+    /// `service.method`.
+    label: String,
     handler: ConsumeHandler,
     context: Arc<ServiceContext>,
     broker: Arc<Broker>,
@@ -152,6 +154,7 @@ pub(crate) async fn attach(
     tracing::info!(entry_point = %label, queue = %queue, exchange, routing_key, prefetch, "consumer attached");
     let max_message_bytes = settings.max_message_bytes;
     let shared = Arc::new(Shared {
+        label: label.clone(),
         handler,
         context: context.clone(),
         broker,
@@ -189,7 +192,8 @@ async fn handle(shared: Arc<Shared>, delivery: Delivery) {
             shared.max_message_bytes
         ))
     } else {
-        (shared.handler)(shared.context.clone(), &message.body).await
+        let call = (shared.handler)(shared.context.clone(), &message.body);
+        crate::context::scope(shared.context.clone(), call).await
     };
     let settled = match &outcome {
         Outcome::Done => Ok(()),
@@ -219,4 +223,5 @@ async fn handle(shared: Arc<Shared>, delivery: Delivery) {
             "could not settle the message (it will be redelivered): {err}"
         );
     }
+    crate::observe::handled(&shared.label, &outcome);
 }

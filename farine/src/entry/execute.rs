@@ -168,7 +168,9 @@ pub(crate) async fn supervise(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> Result<()> {
-    let launch: Launch = Arc::new(move |stop| handler(context.clone(), stop));
+    let launch: Launch = Arc::new(move |stop| {
+        crate::context::scope(context.clone(), handler(context.clone(), stop)).boxed()
+    });
     supervise_launch(spec, launch, shutdown, grace).await
 }
 

@@ -256,7 +256,7 @@ async fn serve(
                 replier.send(&frame::error_bytes(&info)).await
             }
             Call::Unary(future) => {
-                let reply = guard(future)
+                let reply = guard(crate::context::scope(shared.context.clone(), future))
                     .await
                     .unwrap_or_else(|panic| Frame::Error(panicked(&label, &panic)).into());
                 match reply.frame {

@@ -8,6 +8,7 @@ use crate::config::redact_uri;
 use crate::context::ServiceContext;
 use crate::outcome::{guard, Outcome};
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use std::future::Future;
 use std::sync::Arc;
@@ -59,7 +60,9 @@ pub(crate) async fn run(
     context: Arc<ServiceContext>,
     shutdown: CancellationToken,
 ) {
-    let dispatch: Dispatch = Arc::new(move |event| handler(context.clone(), event));
+    let dispatch: Dispatch = Arc::new(move |event| {
+        crate::context::scope(context.clone(), handler(context.clone(), event)).boxed()
+    });
     listen(spec, dispatch, shutdown).await;
 }
 
