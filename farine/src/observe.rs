@@ -47,6 +47,7 @@ pub(crate) fn handled(entry_point: &str, outcome: &Outcome) {
 }
 
 /// Listens to every delivery handled in this process from now on.
+#[cfg(feature = "testing")]
 pub(crate) fn listen() -> broadcast::Receiver<Handled> {
     channel().subscribe()
 }

@@ -5,8 +5,8 @@
 //! rpc_seq        farine=1234/s  lapin=1300/s  ratio=0.95  target>=0.90 ok
 //! ```
 //!
-//! Usage: `cargo run --release -p farine-bench -- [rpc_seq] [rpc_pipelined] [events]
-//! [rpc_stream] [rpc_db] [idle_rss]` (no argument: all). The services run in their own processes,
+//! Usage: `cargo run --release -p farine-bench -- [memory_rpc_seq] [memory_events] [rpc_seq]
+//! [rpc_pipelined] [events] [rpc_stream] [rpc_db] [idle_rss]` (no argument: all). The services run in their own processes,
 //! as deployed: this binary started again as `farine-bench __serve <kind>` (see `serve`).
 //! Each side is warmed up first. `rpc_seq` alternates the two sides call by call; the other
 //! workloads give them short turns (see `TURNS`): either way a drift of a shared machine
@@ -17,6 +17,7 @@ mod child;
 mod counter;
 mod db;
 mod events;
+mod memory;
 mod serve;
 
 use baseline::{RpcClient, Settings};
@@ -33,6 +34,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Res<T> = Result<T, BoxError>;
 
 const WORKLOADS: &[&str] = &[
+    "memory_rpc_seq",
+    "memory_events",
     "rpc_seq",
     "rpc_pipelined",
     "events",
@@ -284,6 +287,13 @@ async fn run(config: farine::Config, selected: &[&str]) -> Res<()> {
     let scale = scale();
     let rpc_turn = RPC_TURN.mul_f64(scale);
     let events_turn = ((EVENTS_TURN as f64 * scale) as u64).max(100);
+
+    if wants("memory_rpc_seq") || wants("memory_events") {
+        memory::run(wants("memory_rpc_seq"), wants("memory_events"), scale).await?;
+        if selected.iter().all(|w| w.starts_with("memory_")) {
+            return Ok(());
+        }
+    }
 
     let rpc_settings = Settings::of(&config, "calc")?;
     let events_settings = Settings::of(&config, "bench_events")?;
