@@ -73,6 +73,7 @@ mod service;
 pub(crate) mod sse;
 
 pub use db::{DbSettings, MAX_CONNECTIONS};
+pub(crate) use secret::redacted_headers;
 pub use secret::{redact_uri, AmqpUri};
 pub use service::{
     ExchangeKind, ParseExchangeKindError, ServiceConfig, MAX_MESSAGE_BYTES_LIMIT,

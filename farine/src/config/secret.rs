@@ -129,3 +129,12 @@ pub(super) fn redact_value(key: &str, value: &str) -> String {
         redact_uri(value)
     }
 }
+
+/// Request headers as `Debug` may show them: names only, every value hidden (header values
+/// are credentials as often as not).
+pub(crate) fn redacted_headers(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .map(|(name, _)| (name.as_str(), "***"))
+        .collect()
+}

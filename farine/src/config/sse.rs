@@ -50,14 +50,8 @@ pub struct SseSettings {
 
 impl std::fmt::Debug for SseSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Header values are credentials as often as not.
-        let headers: Vec<(&str, &str)> = self
-            .headers
-            .iter()
-            .map(|(name, _)| (name.as_str(), "***"))
-            .collect();
         f.debug_struct("SseSettings")
-            .field("headers", &headers)
+            .field("headers", &super::redacted_headers(&self.headers))
             .field("idle_timeout", &self.idle_timeout)
             .finish()
     }

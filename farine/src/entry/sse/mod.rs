@@ -172,11 +172,7 @@ pub struct ListenerSpec {
 
 impl std::fmt::Debug for ListenerSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let headers: Vec<(&str, &str)> = self
-            .headers
-            .iter()
-            .map(|(name, _)| (name.as_str(), "***"))
-            .collect();
+        let headers = crate::config::redacted_headers(&self.headers);
         f.debug_struct("ListenerSpec")
             .field("label", &self.label)
             .field("endpoint", &redact_uri(&self.endpoint))
