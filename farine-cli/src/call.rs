@@ -49,6 +49,8 @@ pub fn run(target: &str, args: Option<&str>, timeout: Option<&str>) -> Result<Ex
         })
         .transpose()?;
     let config = Config::from_env().map_err(|err| Failure::new(err.to_string()))?;
+    // The client's settings: [DEFAULT] (its own section name is never a service's).
+    crate::network_broker(&config.service("farine-client")?)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

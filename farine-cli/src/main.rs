@@ -149,11 +149,37 @@ impl From<farine::Error> for Failure {
 pub fn broker_settings() -> Result<(farine::config::ServiceConfig, tokio::runtime::Runtime), Failure>
 {
     let settings = farine::Config::from_env()?.service("farine-cli")?;
+    network_broker(&settings)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|err| Failure::new(format!("cannot start the async runtime: {err}")))?;
     Ok((settings, runtime))
+}
+
+/// The commands run in a process of their own: an in-process broker (`memory://`) lives only
+/// inside the `farine --start` process, so they refuse it rather than talk to an empty one.
+pub fn network_broker(settings: &farine::config::ServiceConfig) -> Result<(), Failure> {
+    let uri = settings.amqp_uri.expose();
+    if farine::transport::memory::broker_name(uri).is_none() {
+        return Ok(());
+    }
+    let command = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "this command".into());
+    Err(Failure::new(
+        settings
+            .error(
+                "amqp_uri",
+                format!(
+                    "`farine {command}` needs a network broker (amqp:// or amqps://), but this is \
+                     {uri}: an in-process broker lives inside the `farine --start` process only. \
+                     Run the services on RabbitMQ to reach them from another process, or use the \
+                     test kit (farine::testing) to call and publish in process"
+                ),
+            )
+            .to_string(),
+    ))
 }
 
 fn main() -> ExitCode {

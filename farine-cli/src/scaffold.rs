@@ -258,7 +258,7 @@ fn farine_path() -> Option<PathBuf> {
 }
 
 /// A TOML basic string, for paths that may hold quotes or backslashes.
-fn toml_string(text: &str) -> String {
+pub(crate) fn toml_string(text: &str) -> String {
     let mut quoted = String::with_capacity(text.len() + 2);
     quoted.push('"');
     for c in text.chars() {

@@ -21,6 +21,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::Failure;
 
+mod together;
+
 /// Exit status when a MODULE names nothing that can be started.
 const NOT_FOUND: u8 = 2;
 
@@ -33,6 +35,15 @@ pub fn run(modules: &[String], release: bool) -> Result<ExitCode, Failure> {
     let mut packages = Vec::with_capacity(modules.len());
     for module in modules {
         packages.push(resolve(module, &cwd, &workspace)?);
+    }
+    if packages.len() > 1 {
+        if let Some(broker) = together::in_process_broker() {
+            eprintln!(
+                "farine: amqp_uri is {broker} (in-process): running {} in one process",
+                modules.join(", ")
+            );
+            return supervise(vec![together::build_together(&packages, release)?]);
+        }
     }
     // Build everything before running anything, so a build error starts nothing.
     let mut services = Vec::with_capacity(packages.len());
@@ -88,6 +99,8 @@ struct Package {
     manifest_path: PathBuf,
     bins: Vec<String>,
     default_run: Option<String>,
+    /// The crate name of its library target, if it has one.
+    lib: Option<String>,
 }
 
 /// What `cargo metadata --no-deps` says about a workspace.
@@ -103,6 +116,8 @@ struct Target {
     package: Package,
     /// Set for packages found by path, which may lie outside the current workspace.
     manifest: Option<PathBuf>,
+    /// Where to build it, when not in its own workspace's target directory.
+    target_dir: Option<PathBuf>,
 }
 
 /// A built service binary.
@@ -165,6 +180,12 @@ fn parse_package(json: &Value) -> Option<Package> {
         .filter(|target| has_kind(target, "bin"))
         .filter_map(|target| Some(target.get("name")?.as_str()?.to_string()))
         .collect();
+    let lib = json
+        .get("targets")?
+        .as_array()?
+        .iter()
+        .find(|target| has_kind(target, "lib") || has_kind(target, "rlib"))
+        .and_then(|target| Some(target.get("name")?.as_str()?.replace('-', "_")));
     Some(Package {
         name: json.get("name")?.as_str()?.to_string(),
         id: json.get("id")?.as_str()?.to_string(),
@@ -174,6 +195,7 @@ fn parse_package(json: &Value) -> Option<Package> {
             .get("default_run")
             .and_then(Value::as_str)
             .map(str::to_string),
+        lib,
     })
 }
 
@@ -201,6 +223,7 @@ fn resolve(
             return Ok(Target {
                 package: checked_has_bin(package.clone())?,
                 manifest: None,
+                target_dir: None,
             });
         }
     }
@@ -222,6 +245,7 @@ fn resolve(
         return resolve_manifest(module, &manifest).map(|package| Target {
             package,
             manifest: Some(manifest),
+            target_dir: None,
         });
     }
 
@@ -362,6 +386,9 @@ fn build(target: &Target, release: bool) -> Result<Service, Failure> {
     }
     if let Some(manifest) = &target.manifest {
         cmd.arg("--manifest-path").arg(manifest);
+    }
+    if let Some(dir) = &target.target_dir {
+        cmd.env("CARGO_TARGET_DIR", dir);
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -628,6 +655,7 @@ mod tests {
             manifest_path: PathBuf::from(format!("/x/{name}/Cargo.toml")),
             bins: bins.iter().map(|b| b.to_string()).collect(),
             default_run: default_run.map(str::to_string),
+            lib: Some(name.to_string()),
         }
     }
 

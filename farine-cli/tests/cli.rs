@@ -144,6 +144,24 @@ impl Watched {
         }
     }
 
+    /// Waits for a line containing `wanted`.
+    fn wait_for_part(&mut self, wanted: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.seen.iter().any(|line| line.contains(wanted)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "no line with {wanted:?} in time; got:\n{}",
+                        self.seen.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
     fn signal(&self, signal: Signal) {
         let pid = i32::try_from(self.child.id()).expect("pid fits i32");
         kill(Pid::from_raw(pid), signal).expect("signal farine");
@@ -659,4 +677,90 @@ fn migrate_runs_the_built_binary_on_the_crates_migrations_folder() {
         "{}",
         text(&output.stderr)
     );
+}
+
+/// An INI putting every service on the in-process broker `memory://NAME`.
+fn memory_ini(dir: &Path, name: &str) -> PathBuf {
+    let ini = dir.join("memory.ini");
+    std::fs::write(&ini, format!("[DEFAULT]\namqp_uri = memory://{name}\n")).expect("write ini");
+    ini
+}
+
+/// The done-when of the in-process broker: calc and a service calling it, in one process of
+/// one `farine --start`, with no broker involved.
+#[test]
+fn start_several_services_on_memory_runs_them_in_one_process() {
+    let tmp = temp_dir();
+    let ini = memory_ini(tmp.path(), "cli-test");
+    let mut farine = Watched::spawn(
+        farine()
+            .args(["--start", "calc", "--start", "caller"])
+            .current_dir(workspace_root())
+            .env("FARINE_INI", &ini),
+    );
+    farine.wait_for_part("running calc, caller in one process", BUILD_TIMEOUT);
+    farine.wait_for_part(
+        "calc.add(2, 2) = 4; calc.count(3) = [0, 1, 2]",
+        BUILD_TIMEOUT,
+    );
+    farine.signal(Signal::SIGTERM);
+    let (status, output) = farine.finish();
+    assert!(status.success(), "{output}");
+    let started: Vec<&str> = output
+        .lines()
+        .filter(|line| line.starts_with("err: farine: started "))
+        .collect();
+    assert_eq!(started.len(), 1, "one process: {output}");
+    assert!(started[0].contains("calc+caller"), "{output}");
+    assert!(
+        output.contains(r#"stopped services=["calc", "caller"]"#),
+        "{output}"
+    );
+}
+
+/// `caller` links calc's crate for its typed client: its own binary runs caller only.
+#[test]
+fn a_service_crate_linked_for_its_client_is_not_run() {
+    let tmp = temp_dir();
+    let ini = memory_ini(tmp.path(), "cli-test-alone");
+    let mut farine = Watched::spawn(
+        farine()
+            .args(["--start", "caller"])
+            .current_dir(workspace_root())
+            .env("FARINE_INI", &ini),
+    );
+    farine.wait_for_part(
+        r#"no service "calc": its exchange "calc" does not exist"#,
+        BUILD_TIMEOUT,
+    );
+    farine.signal(Signal::SIGTERM);
+    let (status, output) = farine.finish();
+    assert!(status.success(), "{output}");
+    assert!(
+        output.contains(r#"service ready service="caller""#),
+        "{output}"
+    );
+    assert!(!output.contains(r#"service="calc""#), "{output}");
+}
+
+#[test]
+fn network_commands_refuse_an_in_process_broker() {
+    let tmp = temp_dir();
+    let ini = memory_ini(tmp.path(), "cli-test-refused");
+    for args in [
+        &["call", "calc.add", "[1, 2]"][..],
+        &["publish", "calc", "operations", "{}"],
+        &["dlq", "list", "operations"],
+    ] {
+        let output = run(farine().args(args).env("FARINE_INI", &ini));
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        let expected = format!(
+            "farine: {} [DEFAULT] amqp_uri: `farine {}` needs a network broker (amqp:// or \
+             amqps://), but this is memory://cli-test-refused",
+            ini.display(),
+            args[0]
+        );
+        assert!(stderr.starts_with(&expected), "{args:?}: {stderr}");
+    }
 }

@@ -421,8 +421,8 @@ const _: () = {
         def
     }
     ::farine::__private::inventory::submit! {
-        ::farine::__private::ServiceRegistration { name : "shop", build :
-        __farine_build_shop }
+        ::farine::__private::ServiceRegistration { name : "shop", module :
+        ::core::module_path!(), build : __farine_build_shop, }
     }
 };
 const _: () = {

@@ -143,7 +143,11 @@ fn registration(service: &Service) -> TokenStream {
                 def
             }
             ::farine::__private::inventory::submit! {
-                ::farine::__private::ServiceRegistration { name: #name, build: #build }
+                ::farine::__private::ServiceRegistration {
+                    name: #name,
+                    module: ::core::module_path!(),
+                    build: #build,
+                }
             }
         };
     }

@@ -15,7 +15,8 @@
 //! - **Registration**, one per service, collected at link time: a function building a
 //!   [`ServiceDef`] around one `Arc` of the service, submitted with [`inventory`] as a
 //!   [`ServiceRegistration`]. `ServiceDef::{consume, rpc, publish, listen, execute, uses_db}`
-//!   add the entry points, each with its attribute struct and its handler.
+//!   add the entry points, each with its attribute struct and its handler. Its `module`
+//!   (`module_path!()`) tells `farine::main!`'s [`run_crates`] which crate defines it.
 //! - **Handlers**, one per entry point, called with the service's [`ServiceContext`]:
 //!   - consume: [`ConsumeBody`] picks, by autoref ([`ViaMessageBody`], [`ViaUndecodable`]),
 //!     the real handler or a stand-in, so that a body type that is not `Deserialize` is one
@@ -68,6 +69,7 @@ pub use crate::outcome::{HandlerResult, Outcome};
 pub use crate::registry::{ServiceDef, ServiceRegistration};
 pub use crate::rpc::args::Args;
 pub use crate::rpc::{Broadcast, CallOptions, Client, FromClient, RpcStream};
+pub use crate::runtime::run_crates;
 pub use inventory;
 pub use serde::Deserialize;
 pub use serde_json::Value;

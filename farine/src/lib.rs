@@ -108,30 +108,42 @@ pub mod prelude {
     pub use futures::{Stream, StreamExt};
 }
 
-/// The `main` of a service binary: runs every service compiled in.
+/// The `main` of a service binary: runs the services defined in this package, and in the
+/// crates it names.
 ///
-/// In a binary crate that defines its services itself:
+/// In a binary crate that defines its services itself, or whose library (named like the
+/// package) does:
 ///
 /// ```ignore
 /// farine::main!();
 /// ```
 ///
-/// When the services live in library crates, name them so they are linked in:
+/// When the services live in other library crates, name them so they are linked in and run:
 ///
 /// ```ignore
-/// farine::main!(calc);
+/// farine::main!(calc, todo);
 /// ```
+///
+/// A service crate linked only for its typed client (a dependency that the binary does not
+/// name) is not run.
 #[macro_export]
 macro_rules! main {
     () => {
         fn main() -> ::std::process::ExitCode {
-            $crate::run()
+            $crate::__private::run_crates(&[
+                ::core::env!("CARGO_CRATE_NAME"),
+                ::core::env!("CARGO_PKG_NAME"),
+            ])
         }
     };
     ($($krate:ident),+ $(,)?) => {
         $(#[allow(unused_imports)] use $krate as _;)+
         fn main() -> ::std::process::ExitCode {
-            $crate::run()
+            $crate::__private::run_crates(&[
+                ::core::env!("CARGO_CRATE_NAME"),
+                ::core::env!("CARGO_PKG_NAME"),
+                $(::core::stringify!($krate)),+
+            ])
         }
     };
 }

@@ -11,10 +11,20 @@ use crate::entry::Registered;
 /// One `#[farine::service]`, collected with `inventory`.
 pub struct ServiceRegistration {
     pub name: &'static str,
+    /// The module the service is defined in (`module_path!()`): its first segment is the
+    /// crate, which decides whether `farine::main!` runs it.
+    pub module: &'static str,
     pub build: fn() -> ServiceDef,
 }
 
 inventory::collect!(ServiceRegistration);
+
+impl ServiceRegistration {
+    /// The crate the service is defined in.
+    pub fn krate(&self) -> &'static str {
+        self.module.split("::").next().unwrap_or(self.module)
+    }
+}
 
 /// Every service compiled into this binary, in name order.
 pub fn services() -> Vec<&'static ServiceRegistration> {

@@ -42,6 +42,9 @@ pub const MIGRATIONS_ENV: &str = "FARINE_MIGRATIONS";
 pub struct Runtime {
     config: Config,
     only: Option<Vec<String>>,
+    /// `farine::main!`'s crates: services linked in from any other crate (a dependency used
+    /// for its typed client) are not run.
+    crates: Option<Vec<String>>,
 }
 
 /// Services that are started: stop them with [`Running::shutdown`].
@@ -55,7 +58,11 @@ pub struct Running {
 
 impl Runtime {
     pub fn new(config: Config) -> Self {
-        Runtime { config, only: None }
+        Runtime {
+            config,
+            only: None,
+            crates: None,
+        }
     }
 
     /// Starts only the services with these names (all compiled-in services otherwise).
@@ -175,7 +182,10 @@ impl Runtime {
     }
 
     fn selected(&self) -> Result<Vec<&'static ServiceRegistration>> {
-        let all = registry::services();
+        let mut all = registry::services();
+        if let Some(crates) = &self.crates {
+            all.retain(|r| crates.iter().any(|c| c == r.krate()));
+        }
         let Some(only) = &self.only else {
             return Ok(all);
         };
@@ -277,9 +287,23 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// What `farine::main!()` runs: every service compiled into the binary, configured from
-/// `FARINE_INI`, until SIGINT or SIGTERM. Exit code 0 after a graceful stop.
+/// Runs every service compiled into the binary, configured from `FARINE_INI`, until SIGINT
+/// or SIGTERM. Exit code 0 after a graceful stop. `farine::main!` runs only the services of
+/// the crates it names (and of the binary's own package).
 pub fn run() -> ExitCode {
+    run_services(None)
+}
+
+/// What `farine::main!` runs: the services defined in these crates (a service crate linked
+/// only for its typed client is not run).
+#[doc(hidden)]
+pub fn run_crates(crates: &[&str]) -> ExitCode {
+    // A package's library is named like the package, with `_` for `-`.
+    let crates = crates.iter().map(|c| c.replace('-', "_")).collect();
+    run_services(Some(crates))
+}
+
+fn run_services(crates: Option<Vec<String>>) -> ExitCode {
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -291,7 +315,7 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve()) {
+    match runtime.block_on(serve(crates)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // Once, on stderr: logging it as well printed every start-up error twice.
@@ -301,7 +325,7 @@ pub fn run() -> ExitCode {
     }
 }
 
-async fn serve() -> Result<()> {
+async fn serve(crates: Option<Vec<String>>) -> Result<()> {
     // Before anything else: a signal that came while entry points were still attaching would
     // otherwise meet the default action and kill the process instead of stopping it.
     let mut signals = Signals::install()?;
@@ -309,13 +333,34 @@ async fn serve() -> Result<()> {
     if let Some(dir) = std::env::var_os(MIGRATIONS_ENV) {
         return migrate(&config, std::path::Path::new(&dir)).await;
     }
-    if registry::services().is_empty() {
+    let linked = registry::services();
+    if linked.is_empty() {
         return Err(Error::Runtime(
             "no #[farine::service] is compiled into this binary".into(),
         ));
     }
+    if let Some(crates) = &crates {
+        if !linked
+            .iter()
+            .any(|r| crates.contains(&r.krate().to_string()))
+        {
+            let mut others: Vec<String> = linked
+                .iter()
+                .map(|r| format!("{} (crate {})", r.name, r.krate()))
+                .collect();
+            others.dedup();
+            return Err(Error::Runtime(format!(
+                "no #[farine::service] in crate {}; linked from other crates, not run: {} \
+                 (name a crate in farine::main!(...) to run its services)",
+                crates.join(" or "),
+                others.join(", ")
+            )));
+        }
+    }
+    let mut runtime = Runtime::new(config);
+    runtime.crates = crates;
     let mut running = tokio::select! {
-        started = Runtime::new(config).start() => started?,
+        started = runtime.start() => started?,
         signal = signals.next() => {
             tracing::info!("{signal} while starting: stopping");
             return Ok(());

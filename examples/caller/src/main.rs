@@ -1,0 +1,3 @@
+//! Runs the caller service alone (calc elsewhere, on a shared broker): `farine --start caller`.
+
+farine::main!(caller);
