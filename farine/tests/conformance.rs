@@ -75,10 +75,17 @@ async fn probe(kit: &TestKit) -> Broker {
         .expect("the probe connects to the kit's broker")
 }
 
-/// A consumer queue with its dead-letter queue and the delay queues of `delays`.
+/// A consumer queue with its dead-letter queue and its delay queues: those of `delays`, and
+/// those of the default retry policy (3 attempts from 1 s).
 fn consumer_queues(queue: &str, delays: &[&str]) -> Vec<String> {
     let mut all = vec![queue.to_string(), format!("{queue}.dlq")];
-    all.extend(delays.iter().map(|delay| format!("{queue}.retry.{delay}")));
+    let defaults = ["1000ms", "2000ms", "4000ms"];
+    all.extend(
+        delays
+            .iter()
+            .chain(&defaults)
+            .map(|delay| format!("{queue}.retry.{delay}")),
+    );
     all
 }
 
@@ -274,7 +281,14 @@ async fn publish_and_consume(env: Env) {
             if exchange == "conf_pubsub.in" && routing_key == "nobody-listens"),
         "{err:?}"
     );
-    // The kit still publishes after that refusal.
+    // So is one to an exchange that does not exist (RabbitMQ closes the publishing channel
+    // for it: farine opens another, so the publishes after it still work).
+    let err = kit
+        .publish("conf_pubsub.missing", "points", &1)
+        .await
+        .expect_err("no such exchange");
+    assert!(err.to_string().contains("conf_pubsub.missing"), "{err}");
+    // The kit still publishes after those refusals.
     kit.publish("conf_pubsub.in", "points", &Point { x: 9, y: 9 })
         .await
         .expect("publishes again");
