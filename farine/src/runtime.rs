@@ -54,6 +54,10 @@ pub struct Running {
     shutdown: CancellationToken,
     tasks: JoinSet<Result<()>>,
     grace: Duration,
+    /// The stream-cancel listeners, stopped by `drained` once the entry points have drained:
+    /// a caller may drop a stream while it drains, and that stream must stop then too.
+    listeners: Vec<tokio::task::JoinHandle<()>>,
+    drained: CancellationToken,
 }
 
 impl Runtime {
@@ -97,6 +101,8 @@ impl Runtime {
             shutdown: shutdown.clone(),
             tasks: JoinSet::new(),
             grace: Duration::ZERO,
+            listeners: Vec::new(),
+            drained: CancellationToken::new(),
         };
         for (registration, settings) in chosen {
             let def = (registration.build)();
@@ -165,13 +171,13 @@ impl Runtime {
             }
             // After the methods: they declare the exchange the listener binds to.
             if rpcs > 0 {
-                let listener =
-                    entry::rpc::listen_for_cancels(def.name, service.clone(), shutdown.clone())
-                        .await?;
-                running.tasks.spawn(async move {
-                    let _ = listener.await;
-                    Ok(())
-                });
+                let listener = entry::rpc::listen_for_cancels(
+                    def.name,
+                    service.clone(),
+                    running.drained.clone(),
+                )
+                .await?;
+                running.listeners.push(listener);
             }
             let [consumers, methods, listeners, loops] = counts;
             tracing::info!(service = def.name, broker = %settings.amqp_uri, consumers, rpc_methods = methods, listeners, loops, publishers = def.publishers.len(), "service ready");
@@ -259,6 +265,16 @@ impl Running {
         .await;
         if drained.is_err() {
             self.tasks.abort_all();
+        }
+        self.drained.cancel();
+        for listener in std::mem::take(&mut self.listeners) {
+            let abort = listener.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), listener)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
         }
         for name in &self.services {
             context::unregister(name);

@@ -19,7 +19,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 /// How long the first connection to a broker may take.
@@ -47,7 +47,8 @@ pub struct Inner {
     uri: AmqpUri,
     consume: Connection,
     publish: Connection,
-    publish_channel: Channel,
+    /// Replaced when the broker closes it over a channel error (see `reopen_publish_channel`).
+    publish_channel: RwLock<Channel>,
     losses: tokio::sync::watch::Receiver<u64>,
     /// Exchanges already declared by this process, so each is declared once.
     declared: Mutex<HashSet<String>>,
@@ -132,26 +133,71 @@ impl Amqp {
         let consume = connect("consume").await?;
         let losses = watch_losses(&consume, uri);
         let publish = connect("publish").await?;
-        let publish_channel = publish
-            .create_channel()
-            .await
-            .map_err(Error::amqp("opening the publishing channel"))?;
-        publish_channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(Error::amqp("enabling publisher confirms"))?;
+        let publish_channel = open_publish_channel(&publish).await?;
         Ok(Amqp(Arc::new(Inner {
             uri: uri.clone(),
             consume,
             publish,
-            publish_channel,
+            publish_channel: RwLock::new(publish_channel),
             losses,
             declared: Mutex::new(HashSet::new()),
         })))
     }
 }
 
+/// A channel in confirm mode on the publishing connection.
+async fn open_publish_channel(publish: &Connection) -> Result<Channel> {
+    let channel = publish
+        .create_channel()
+        .await
+        .map_err(Error::amqp("opening the publishing channel"))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(Error::amqp("enabling publisher confirms"))?;
+    Ok(channel)
+}
+
 impl Inner {
+    /// The publishing channel (a handle to it).
+    fn publish_channel(&self) -> Channel {
+        self.publish_channel
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether `channel` was closed by the broker over a channel error (a publish to an
+    /// exchange that does not exist: `NOT_FOUND`) while its connection stays up. lapin
+    /// recovers channels only with their connection, so such a channel stays closed.
+    fn closed_by_channel_error(&self, channel: &Channel) -> bool {
+        let status = channel.status();
+        !status.connected() && !status.reconnecting() && self.publish.status().connected()
+    }
+
+    /// Opens a publishing channel in place of one the broker closed (unless another
+    /// publisher did already), so one bad publish does not stop every later one.
+    async fn reopen_publish_channel(&self) -> Result<()> {
+        let fresh = open_publish_channel(&self.publish).await?;
+        let unused = {
+            let mut current = self
+                .publish_channel
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if self.closed_by_channel_error(&current) {
+                tracing::info!(broker = %self.uri, "publishing channel closed by the broker: opened another");
+                *current = fresh;
+                None
+            } else {
+                Some(fresh)
+            }
+        };
+        if let Some(unused) = unused {
+            let _ = unused.close(200, "OK".into()).await;
+        }
+        Ok(())
+    }
+
     /// A short-lived channel for declarations whose failure (an exchange that exists with
     /// another type, a passive check of a missing queue) must not close a channel that
     /// carries traffic. On the consuming connection, which owns the exclusive queues.
@@ -289,7 +335,9 @@ impl Transport for Amqp {
     fn is_connected(&self) -> bool {
         self.consume.status().connected()
             && self.publish.status().connected()
-            && self.publish_channel.status().connected()
+            // A channel the broker closed over a channel error is replaced at the next publish.
+            && (self.publish_channel().status().connected()
+                || self.closed_by_channel_error(&self.publish_channel()))
     }
 
     fn losses(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -302,7 +350,7 @@ impl Transport for Amqp {
                 .iter()
                 .any(|d| !matches!(d, Declaration::Exchange { .. }));
             if !needs_channel {
-                return self.declare_on(&self.publish_channel, topology).await;
+                return self.declare_on(&self.publish_channel(), topology).await;
             }
             let channel = self.scratch_channel().await?;
             let declared = self.declare_on(&channel, topology).await;
@@ -341,8 +389,8 @@ impl Transport for Amqp {
             let properties = to_lapin(&message.properties);
             let deadline = tokio::time::Instant::now() + PUBLISH_WAIT;
             loop {
-                let published = self
-                    .publish_channel
+                let channel = self.publish_channel();
+                let published = channel
                     .basic_publish(
                         message.exchange.into(),
                         message.routing_key.into(),
@@ -362,10 +410,14 @@ impl Transport for Amqp {
                     }
                     Err(err) => err,
                 };
+                if self.closed_by_channel_error(&channel) && tokio::time::Instant::now() < deadline {
+                    self.reopen_publish_channel().await?;
+                    continue;
+                }
                 // The connection is down: wait for lapin to bring it back, within a bound.
                 let recovered = tokio::time::timeout_at(
                     deadline,
-                    self.publish_channel.wait_for_recovery(err.clone()),
+                    channel.wait_for_recovery(err.clone()),
                 )
                 .await;
                 match recovered {
@@ -552,7 +604,7 @@ impl Transport for Amqp {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         async move {
-            let _ = self.publish_channel.close(200, "OK".into()).await;
+            let _ = self.publish_channel().close(200, "OK".into()).await;
             let _ = self.consume.close(200, "farine shutdown".into()).await;
             let _ = self.publish.close(200, "farine shutdown".into()).await;
         }

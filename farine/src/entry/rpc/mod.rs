@@ -390,11 +390,12 @@ async fn settle(delivery: &Delivery, done: bool) {
 }
 
 /// One exclusive queue per service process that hears stream cancellations: every instance
-/// hears them, and the one running the stream stops it.
+/// hears them, and the one running the stream stops it. It listens until `drained` (after the
+/// entry points drained at shutdown, so a stream dropped during the drain still stops).
 pub(crate) async fn listen_for_cancels(
     service: &'static str,
     context: Arc<ServiceContext>,
-    shutdown: CancellationToken,
+    drained: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let queue = format!("farine.cancel.{service}.{}", uuid::Uuid::new_v4().simple());
     let mut notices = context
@@ -408,7 +409,7 @@ pub(crate) async fn listen_for_cancels(
     Ok(tokio::spawn(async move {
         loop {
             let delivery = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = drained.cancelled() => break,
                 next = notices.next() => match next {
                     Next::Delivery(delivery) => delivery,
                     Next::Lost(_) => {
