@@ -7,6 +7,7 @@ use crate::config::{Config, ServiceConfig};
 use crate::db::Database;
 use crate::rpc::Client;
 use crate::{Error, Result};
+use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use tokio_util::sync::CancellationToken;
@@ -152,6 +153,17 @@ pub(crate) fn scope<F: std::future::Future>(
     future: F,
 ) -> impl std::future::Future<Output = F::Output> {
     CURRENT.scope(context, future)
+}
+
+/// `stream`, each item produced as `context`'s (a streaming RPC method's items run their code
+/// when polled, outside the method's own call).
+pub(crate) fn scope_stream<S: futures::Stream + Unpin>(
+    context: Arc<ServiceContext>,
+    mut stream: S,
+) -> impl futures::Stream<Item = S::Item> {
+    futures::stream::poll_fn(move |cx| {
+        CURRENT.sync_scope(context.clone(), || stream.poll_next_unpin(cx))
+    })
 }
 
 /// The context of `service`: the one whose handler is running, else the running one

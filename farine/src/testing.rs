@@ -39,7 +39,9 @@
 //!     .start()
 //!     .await?;
 //! let adder = AdderClient::connect(kit.config()).await?;
+//! let calls = kit.handled("adder.add");
 //! assert_eq!(adder.add(2, 3).await?, 5);
+//! assert_eq!(calls.wait(Duration::from_secs(5)).await?, Handling::Done);
 //!
 //! let doubled = kit.capture("adder", "doubled").await?;
 //! let handled = kit.handled("adder.on_number");
@@ -75,6 +77,8 @@ pub struct TestKit {
     config: Config,
     running: Running,
     broker: Arc<Broker>,
+    /// The broker's URI as the observer names it (password hidden).
+    broker_uri: String,
 }
 
 /// What [`TestKit::memory`] and [`TestKit::broker`] start.
@@ -136,11 +140,13 @@ impl TestKit {
             .await
     }
 
-    /// Listens, from now on, to the deliveries that the consumer `service.method` finishes.
-    /// Call it before publishing, then [`Waiter::wait`].
+    /// Listens, from now on, to the deliveries that the consumer or RPC method
+    /// `service.method` of this kit finishes (not those of another kit in the process).
+    /// Call it before publishing or calling, then [`Waiter::wait`].
     pub fn handled(&self, entry_point: &str) -> Waiter {
         Waiter {
             entry_point: entry_point.to_string(),
+            broker: self.broker_uri.clone(),
             receiver: Mutex::new(crate::observe::listen()),
         }
     }
@@ -230,11 +236,13 @@ impl Builder {
             runtime = runtime.only(self.services);
         }
         let running = runtime.start().await?;
-        let broker = Arc::new(Broker::for_service(&config.service("farine-test-kit")?).await?);
+        let settings = config.service("farine-test-kit")?;
+        let broker = Arc::new(Broker::for_service(&settings).await?);
         Ok(TestKit {
             config,
             running,
             broker,
+            broker_uri: settings.amqp_uri.to_string(),
         })
     }
 }
@@ -242,19 +250,22 @@ impl Builder {
 /// Waits for deliveries of one consumer (see [`TestKit::handled`]).
 pub struct Waiter {
     entry_point: String,
+    broker: String,
     receiver: Mutex<broadcast::Receiver<Handled>>,
 }
 
 impl Waiter {
-    /// The outcome of the next delivery this consumer finishes (acked, retried or parked),
-    /// or an error after `within`.
+    /// The outcome of the next delivery this entry point finishes (acked, retried or parked;
+    /// a call answered), or an error after `within`.
     pub async fn wait(&self, within: Duration) -> Result<Handling> {
         let mut receiver = self.receiver.lock().await;
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let next = tokio::time::timeout_at(deadline, receiver.recv()).await;
             match next {
-                Ok(Ok(handled)) if handled.entry_point == self.entry_point => {
+                Ok(Ok(handled))
+                    if handled.entry_point == self.entry_point && handled.broker == self.broker =>
+                {
                     return Ok(handled.outcome)
                 }
                 Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,

@@ -417,3 +417,81 @@ fn memory_uris_are_accepted_by_the_config() {
         .service("x");
     assert!(bare.is_ok());
 }
+
+/// Publishes each item it streams: the items are produced after the method returned, and
+/// must still publish through the broker of the runtime that serves the call.
+#[derive(Default)]
+pub struct ScopedItems;
+
+#[farine::service(name = "t_mem_scoped")]
+impl ScopedItems {
+    #[rpc::method]
+    fn numbers(&self, n: u32) -> impl Stream<Item = farine::Result<u32>> + Send + 'static {
+        futures::stream::iter(0..n)
+            .then(|i| async move { ScopedItems.announce(i).await.map(|()| i) })
+    }
+
+    #[amqp::publish(routing_key = "announced")]
+    async fn announce(&self, publish: Publisher, i: u32) -> farine::Result<()> {
+        publish.send(&i).await
+    }
+}
+
+/// Two runtimes of one service in one process (tests in parallel): a stream's items publish on
+/// the broker of the runtime serving the call, and each kit hears only its own calls.
+#[tokio::test]
+async fn stream_items_publish_through_their_own_runtime_and_kits_observe_their_own_calls() {
+    use farine::testing::{Handling, TestKit};
+    let one = TestKit::memory()
+        .service("t_mem_scoped")
+        .start()
+        .await
+        .expect("kit one");
+    let two = TestKit::memory()
+        .service("t_mem_scoped")
+        .start()
+        .await
+        .expect("kit two");
+    for (caller, other) in [(&one, &two), (&two, &one)] {
+        let mine = caller
+            .capture("t_mem_scoped", "announced")
+            .await
+            .expect("capture");
+        let theirs = other
+            .capture("t_mem_scoped", "announced")
+            .await
+            .expect("capture");
+        let handled = caller.handled("t_mem_scoped.numbers");
+        let not_mine = other.handled("t_mem_scoped.numbers");
+        let client = ScopedItemsClient::connect(caller.config())
+            .await
+            .expect("client");
+        let items: Vec<u32> = client
+            .numbers(3)
+            .await
+            .expect("call")
+            .map(|item| item.expect("item"))
+            .collect()
+            .await;
+        assert_eq!(items, [0, 1, 2]);
+        for i in 0..3 {
+            assert_eq!(mine.next(WAIT).await, Some(json!(i)));
+        }
+        assert_eq!(theirs.next(Duration::from_millis(200)).await, None);
+        assert_eq!(handled.wait(WAIT).await.expect("observed"), Handling::Done);
+        assert!(not_mine.wait(Duration::from_millis(200)).await.is_err());
+
+        // Arguments that do not fit: answered "bad arguments", observed as poison.
+        let untyped = caller.client().await.expect("client");
+        let bad = untyped
+            .call("t_mem_scoped", "numbers", json!(["three"]))
+            .await;
+        assert!(bad.is_err());
+        assert!(matches!(
+            handled.wait(WAIT).await.expect("observed"),
+            Handling::Poison(reason) if reason.contains("numbers")
+        ));
+    }
+    one.stop().await.expect("stop one");
+    two.stop().await.expect("stop two");
+}

@@ -223,5 +223,5 @@ async fn handle(shared: Arc<Shared>, delivery: Delivery) {
             "could not settle the message (it will be redelivered): {err}"
         );
     }
-    crate::observe::handled(&shared.label, &outcome);
+    crate::observe::handled(&shared.context.settings.amqp_uri, &shared.label, &outcome);
 }

@@ -14,7 +14,7 @@ use crate::rpc::names::{cancel_key, is_reply_queue, queue_name, Cancel};
 pub(crate) mod handler;
 pub(crate) mod reply;
 use super::EntryPoint;
-use crate::outcome::{guard, guard_stream};
+use crate::outcome::{guard, guard_stream, Outcome};
 use crate::retry;
 use crate::transport::{Confirm, Delivery, Next, Properties, Subscribe};
 use crate::{Error, Result};
@@ -154,9 +154,21 @@ struct Replier<'a> {
     properties: Properties,
     confirms: VecDeque<Confirm>,
     sent: usize,
+    /// What the caller was told went wrong, for the test kit's observer.
+    failed: Option<Outcome>,
 }
 
 impl Replier<'_> {
+    /// Sends an error frame: the call failed (`poison`: it could never have succeeded).
+    async fn send_error(&mut self, info: &ErrorInfo, poison: bool) -> Result<()> {
+        let reason = info.message.clone();
+        self.failed = Some(match poison {
+            true => Outcome::Poison(reason),
+            false => Outcome::Failed(reason),
+        });
+        self.send(&frame::error_bytes(info)).await
+    }
+
     async fn send(&mut self, body: &[u8]) -> Result<()> {
         if self.confirms.len() >= CONFIRM_WINDOW {
             self.settle_one().await?;
@@ -206,6 +218,11 @@ async fn serve(
         tracing::error!(queue = %shared.queue, "{reason}");
         let parked = retry::dead_letter(broker, &shared.queue, request, &reason, 1).await;
         settle(&delivery, parked.is_ok()).await;
+        crate::observe::handled(
+            &shared.context.settings.amqp_uri,
+            &label,
+            &Outcome::Poison(reason),
+        );
         return;
     };
     if !is_reply_queue(&reply_to) {
@@ -216,6 +233,11 @@ async fn serve(
         );
         let parked = retry::dead_letter(broker, &shared.queue, request, &reason, 1).await;
         settle(&delivery, parked.is_ok()).await;
+        crate::observe::handled(
+            &shared.context.settings.amqp_uri,
+            &label,
+            &Outcome::Poison(reason),
+        );
         return;
     }
     let correlation_id = request
@@ -232,6 +254,7 @@ async fn serve(
         properties,
         confirms: VecDeque::new(),
         sent: 0,
+        failed: None,
     };
 
     let outcome: Result<()> = async {
@@ -244,7 +267,7 @@ async fn serve(
                     shared.context.settings.max_message_bytes
                 ),
             );
-            return replier.send(&frame::error_bytes(&info)).await;
+            return replier.send_error(&info, true).await;
         }
         let call = match Args::parse(&request.body, shared.service, shared.attr.method) {
             Ok(args) => (shared.handler)(shared.context.clone(), args),
@@ -253,7 +276,7 @@ async fn serve(
         match call {
             Call::Rejected(info) => {
                 tracing::warn!(call = %label, "bad request: {}", info.message);
-                replier.send(&frame::error_bytes(&info)).await
+                replier.send_error(&info, true).await
             }
             Call::Unary(future) => {
                 let reply = guard(crate::context::scope(shared.context.clone(), future))
@@ -271,10 +294,12 @@ async fn serve(
                         }
                         Ok(())
                     }
-                    Frame::Error(info) => replier.send(&frame::error_bytes(&info)).await,
+                    Frame::Error(info) => replier.send_error(&info, false).await,
                 }
             }
             Call::Stream(stream) => {
+                // Each item is produced as the service's (a `Publisher` inside it finds it).
+                let stream = crate::context::scope_stream(shared.context.clone(), stream).boxed();
                 let cancel = shared.context.streams.register(&correlation_id, &reply_to);
                 let result =
                     stream_frames(&label, stream, &mut replier, &cancel, &shutdown, grace).await;
@@ -287,6 +312,10 @@ async fn serve(
     let outcome = match outcome {
         Ok(()) => replier.settle_all().await,
         Err(err) => Err(err),
+    };
+    let observed = match &outcome {
+        Ok(()) => replier.failed.take().unwrap_or(Outcome::Done),
+        Err(err) => Outcome::Failed(format!("could not reply: {err}")),
     };
     match outcome {
         Ok(()) => settle(&delivery, true).await,
@@ -301,6 +330,7 @@ async fn serve(
             settle(&delivery, replier.sent > 0).await;
         }
     }
+    crate::observe::handled(&shared.context.settings.amqp_uri, &label, &observed);
 }
 
 /// Sends one frame per item, then the end frame; stops on cancel from the caller, on an
@@ -328,17 +358,13 @@ async fn stream_frames(
             }
             _ = &mut stopped => {
                 let info = ErrorInfo::new(kind::INTERNAL, format!("{label}: the service shut down mid-stream"));
-                return replier.send(&frame::error_bytes(&info)).await;
+                return replier.send_error(&info, false).await;
             }
         };
         match next {
             Some(Ok(Frame::Item(bytes))) => replier.send(&bytes).await?,
-            Some(Ok(Frame::Error(info))) => return replier.send(&frame::error_bytes(&info)).await,
-            Some(Err(panic)) => {
-                return replier
-                    .send(&frame::error_bytes(&panicked(label, &panic)))
-                    .await
-            }
+            Some(Ok(Frame::Error(info))) => return replier.send_error(&info, false).await,
+            Some(Err(panic)) => return replier.send_error(&panicked(label, &panic), false).await,
             None => return replier.send(frame::END).await,
         }
     }
