@@ -9,7 +9,10 @@ use crate::rpc::Client;
 use crate::{Error, Result};
 use futures::StreamExt;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// What every entry point of one service shares.
@@ -72,20 +75,84 @@ impl ServiceContext {
     }
 }
 
-/// Streaming calls in progress, by correlation id, with the `reply_to` a cancel must name.
+/// Streaming calls in progress, by correlation id, with the `reply_to` a cancel or a credit
+/// must name.
 #[derive(Default)]
-pub(crate) struct Streams(Mutex<HashMap<String, (String, CancellationToken)>>);
+pub(crate) struct Streams(Mutex<HashMap<String, (String, StreamControl)>>);
+
+/// What a caller can do to a stream it reads: stop it, and (a caller that uses credits) let
+/// it run further.
+#[derive(Clone)]
+pub(crate) struct StreamControl {
+    pub cancel: CancellationToken,
+    pub flow: Option<Arc<Flow>>,
+}
+
+/// The items a caller has allowed a stream to send so far.
+pub(crate) struct Flow {
+    granted: AtomicU64,
+    more: Notify,
+}
+
+impl Flow {
+    /// Waits until item number `sent` (0-based) may go: true once granted, false when
+    /// `cancel` fires or no credit comes within `wait`.
+    pub async fn wait_for(&self, sent: u64, cancel: &CancellationToken, wait: Duration) -> bool {
+        if sent < self.granted.load(Ordering::Acquire) {
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the check, so a grant in between is not missed.
+            let more = self.more.notified();
+            if sent < self.granted.load(Ordering::Acquire) {
+                return true;
+            }
+            tokio::select! {
+                _ = more => {}
+                _ = cancel.cancelled() => return false,
+                _ = tokio::time::sleep_until(deadline) => {
+                    return sent < self.granted.load(Ordering::Acquire);
+                }
+            }
+        }
+    }
+
+    fn grant(&self, items: u64) {
+        // Saturating: a caller cannot wrap the count around.
+        let _ = self
+            .granted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |g| {
+                Some(g.saturating_add(items))
+            });
+        self.more.notify_waiters();
+    }
+}
 
 impl Streams {
-    pub fn register(&self, correlation_id: &str, reply_to: &str) -> CancellationToken {
-        let token = CancellationToken::new();
+    /// Registers a stream; `credit` is the caller's first grant, if it uses credits.
+    pub fn register(
+        &self,
+        correlation_id: &str,
+        reply_to: &str,
+        credit: Option<u64>,
+    ) -> StreamControl {
+        let control = StreamControl {
+            cancel: CancellationToken::new(),
+            flow: credit.map(|items| {
+                Arc::new(Flow {
+                    granted: AtomicU64::new(items),
+                    more: Notify::new(),
+                })
+            }),
+        };
         if !correlation_id.is_empty() {
             self.lock().insert(
                 correlation_id.to_string(),
-                (reply_to.to_string(), token.clone()),
+                (reply_to.to_string(), control.clone()),
             );
         }
-        token
+        control
     }
 
     pub fn remove(&self, correlation_id: &str, reply_to: &str) {
@@ -106,13 +173,25 @@ impl Streams {
             .get(correlation_id)
             .is_some_and(|(r, _)| r == reply_to)
         {
-            if let Some((_, token)) = streams.remove(correlation_id) {
-                token.cancel();
+            if let Some((_, control)) = streams.remove(correlation_id) {
+                control.cancel.cancel();
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, CancellationToken)>> {
+    /// Lets the stream send `items` more, when both its ids match.
+    pub fn grant(&self, correlation_id: &str, reply_to: &str, items: u64) {
+        let streams = self.lock();
+        if let Some((r, control)) = streams.get(correlation_id) {
+            if r == reply_to {
+                if let Some(flow) = &control.flow {
+                    flow.grant(items);
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, StreamControl)>> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -183,6 +183,7 @@ conformance!(
     deadlines,
     unknown_service_and_method_fail_at_once,
     dropped_stream_is_cancelled,
+    slow_reader_holds_the_stream_back,
     retries_then_dead_letter,
     poison_is_parked_without_retries,
     concurrency_limit,
@@ -909,6 +910,58 @@ async fn dropped_stream_is_cancelled(env: Env) {
         stopping.elapsed()
     );
     env.clean(&queues, &["conf_cancel"]).await;
+}
+
+// ---------------------------------------------------------------- a reader that pauses
+
+static SLOW_PRODUCED: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Default)]
+struct Slow;
+
+#[farine::service(name = "conf_slow")]
+impl Slow {
+    #[rpc::method]
+    fn numbers(&self, n: u64) -> impl Stream<Item = u64> + Send + 'static {
+        futures::stream::iter(0..n).inspect(|_| {
+            SLOW_PRODUCED.fetch_add(1, Ordering::SeqCst);
+        })
+    }
+}
+
+/// The server produces no further ahead of the reader than the caller's credit (256 items):
+/// a reader that pauses holds the stream back, and then gets every item in order.
+async fn slow_reader_holds_the_stream_back(env: Env) {
+    let queues = rpc_queues("conf_slow", &["numbers"]);
+    env.clean(&queues, &["conf_slow"]).await;
+    SLOW_PRODUCED.store(0, Ordering::SeqCst);
+    let kit = env
+        .kit()
+        .service("conf_slow")
+        .start()
+        .await
+        .expect("conf_slow starts");
+    let slow = SlowClient::connect(kit.config())
+        .await
+        .expect("typed client");
+    let total = 5_000u64;
+    let mut numbers = slow.numbers(total).await.expect("stream starts");
+    assert_eq!(numbers.next().await.expect("an item").expect("a number"), 0);
+    tokio::time::sleep(QUIET).await;
+    let ahead = SLOW_PRODUCED.load(Ordering::SeqCst);
+    assert!(
+        (1..=256).contains(&ahead),
+        "the server ran {ahead} items ahead of a reader that read 1"
+    );
+    let mut expected = 1;
+    while let Some(item) = numbers.next().await {
+        assert_eq!(item.expect("a number"), expected);
+        expected += 1;
+    }
+    assert_eq!(expected, total, "every item arrived");
+    assert_eq!(SLOW_PRODUCED.load(Ordering::SeqCst) as u64, total);
+    kit.stop().await.expect("clean stop");
+    env.clean(&queues, &["conf_slow"]).await;
 }
 
 // ---------------------------------------------------------------- retries, then parked

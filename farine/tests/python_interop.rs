@@ -702,6 +702,26 @@ async fn python_client_calls_rust_server() {
             assert_eq!(frames[..2], [item(json!(0)), item(json!(1))]);
             assert_eq!(except_text(&frames[2]), "the stream broke after 2 items");
 
+            // A Python caller grants no stream credit: once its reply queue holds 4,096
+            // unread frames the service holds the stream back (checking every 256 items),
+            // and finishes it as the caller reads.
+            let mut client = PythonClient::new(CALC, leaks).await;
+            let total = 6_000u32;
+            client.send("upto", json!([total]), json!({})).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let probe = connect().await;
+            let unread = ready(&probe, &client.queue).await;
+            let _ = probe.close(200, "OK".into()).await;
+            assert!(
+                (4_000..=4_096 + 2 * 256).contains(&unread),
+                "{unread} frames unread in a Python caller's reply queue"
+            );
+            for expected in 0..total {
+                assert_eq!(client.next_reply().await.frame, item(json!(expected)));
+            }
+            assert_eq!(client.next_reply().await.frame, end());
+            client.delete().await;
+
             // No request is left waiting in the Rust service's queues.
             let connection = connect().await;
             for method in CALC_METHODS {
@@ -1237,10 +1257,12 @@ fn check_requests_as_python_sees_them(service: &str, seen: &[SeenRequest]) {
             Some("application/json"),
             "kombu decodes the request by its content_type"
         );
-        assert_eq!(
-            *props.delivery_mode(),
-            Some(2),
-            "persistent, as Python sends"
+        // Transient (Python sends 2; kombu accepts either): the request expires with the
+        // caller's deadline, so persisting it would protect nothing.
+        assert_eq!(*props.delivery_mode(), Some(1), "transient");
+        assert!(
+            props.expiration().is_some(),
+            "expires at the caller's deadline"
         );
         let id = text(props.correlation_id()).expect("correlation_id");
         assert!(!id.is_empty());

@@ -165,8 +165,12 @@ impl Client {
             correlation_id: correlation_id.clone(),
             finished: false,
         };
+        // Transient: a request outlives neither its deadline (the expiration below) nor its
+        // reply queue (exclusive: gone with a broker restart), so writing it to disk would
+        // protect nothing.
         let properties = Properties::json()
-            .with_delivery_mode(settings.delivery_mode)
+            .with_delivery_mode(1)
+            .with_headers(request_headers())
             .with_correlation_id(correlation_id.as_str())
             .with_reply_to(self.inner.reply_queue.as_str())
             // A request nobody took before the caller gave up is dropped by the broker.
@@ -196,6 +200,8 @@ impl Client {
             timer: Box::pin(tokio::time::sleep(timeout)),
             waiting: timeout,
             done: false,
+            read: 0,
+            granted: STREAM_WINDOW,
         })
     }
 
@@ -232,6 +238,23 @@ impl Client {
         bound.insert(service.to_string());
         Ok(())
     }
+}
+
+/// How many items of a stream the server may send ahead of what the caller has read: the
+/// most a slow reader makes this process (and the broker) hold per stream.
+pub(crate) const STREAM_WINDOW: u64 = 256;
+
+/// What every request says about the caller (extensions; Python servers ignore them): it
+/// reads a unary result in one frame, and grants a stream [`STREAM_WINDOW`] items at first.
+fn request_headers() -> crate::transport::Headers {
+    use crate::transport::HeaderValue;
+    let mut headers = crate::transport::Headers::new();
+    headers.insert(frame::SINGLE_FRAME_HEADER.into(), HeaderValue::Bool(true));
+    headers.insert(
+        super::names::CREDIT_HEADER.into(),
+        HeaderValue::Int(STREAM_WINDOW as i64),
+    );
+    headers
 }
 
 /// Routes every reply frame to the call waiting for its correlation id.
@@ -325,6 +348,35 @@ struct CallGuard {
     finished: bool,
 }
 
+impl CallGuard {
+    /// Lets the server send `items` more items of this stream (on the service exchange,
+    /// routing key `<service>.__credit__`; fire and forget: credits add up in any order).
+    fn grant(&self, items: u64) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let credit = super::names::Credit {
+            correlation_id: self.correlation_id.clone(),
+            reply_to: self.client.inner.reply_queue.clone(),
+            items,
+        };
+        let Ok(body) = serde_json::to_vec(&credit) else {
+            return;
+        };
+        let broker = self.client.inner.broker.clone();
+        let exchange = self.service.clone();
+        handle.spawn(async move {
+            let routing_key = super::names::credit_key(&exchange);
+            if let Err(err) = broker
+                .publish(&exchange, &routing_key, &body, Properties::json(), false)
+                .await
+            {
+                tracing::debug!("could not grant stream credit: {err}");
+            }
+        });
+    }
+}
+
 impl Drop for CallGuard {
     fn drop(&mut self) {
         self.client
@@ -372,6 +424,9 @@ pub struct Replies {
     /// What the running timer waits for, to say so when it expires.
     waiting: Duration,
     done: bool,
+    /// Items handed to the reader, and items the server was allowed to send in all.
+    read: u64,
+    granted: u64,
 }
 
 impl Replies {
@@ -424,7 +479,22 @@ impl Stream for Replies {
                     .as_mut()
                     .reset(tokio::time::Instant::now() + idle);
                 match frame {
-                    Incoming::Item(value) => Poll::Ready(Some(Ok(value))),
+                    Incoming::Item(value) => {
+                        self.read += 1;
+                        // Half the window read: grant that half again, so the server never
+                        // waits for a reader that keeps up, and never runs a window ahead.
+                        if self.granted - self.read <= STREAM_WINDOW / 2 {
+                            let more = STREAM_WINDOW - (self.granted - self.read);
+                            self.granted += more;
+                            self.guard.grant(more);
+                        }
+                        Poll::Ready(Some(Ok(value)))
+                    }
+                    Incoming::Last(value) => {
+                        self.done = true;
+                        self.guard.finished = true;
+                        Poll::Ready(Some(Ok(value)))
+                    }
                     Incoming::End => {
                         self.done = true;
                         self.guard.finished = true;

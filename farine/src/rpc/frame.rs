@@ -1,6 +1,7 @@
 //! The reply frames of PROTOCOL.md, compatible with Python farine 0.19:
 //! item `{"body": v, "__end__": false}`, end `{"__end__": true}`, error `{"__except__": text}`
-//! plus our `__error__` extension `{"kind", "message", "data"}` for typed errors.
+//! plus our `__error__` extension `{"kind", "message", "data"}` for typed errors, and the
+//! single-frame unary reply `{"body": v, "__end__": true}` for callers that ask for it.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -78,6 +79,23 @@ pub fn item<T: Serialize + ?Sized>(value: &T) -> Frame {
 
 pub const END: &[u8] = br#"{"__end__": true}"#;
 
+/// The request header by which a caller says it reads a unary result as one frame
+/// `{"body": v, "__end__": true}` (an extension: Python callers never send it, and get the two
+/// frames of PROTOCOL.md).
+pub const SINGLE_FRAME_HEADER: &str = "x-farine-single-frame";
+
+/// Turns an item frame made by [`item`] into the last frame of the call, in place; false when
+/// `bytes` is not such a frame (then it is left alone).
+pub fn into_last(bytes: &mut Vec<u8>) -> bool {
+    const TAIL: &[u8] = br#","__end__":false}"#;
+    if !bytes.ends_with(TAIL) {
+        return false;
+    }
+    bytes.truncate(bytes.len() - b"false}".len());
+    bytes.extend_from_slice(b"true}");
+    true
+}
+
 /// Encodes an error frame; its text is clipped however the [`ErrorInfo`] was made.
 pub fn error_bytes(info: &ErrorInfo) -> Vec<u8> {
     let clipped;
@@ -102,13 +120,16 @@ pub fn error_bytes(info: &ErrorInfo) -> Vec<u8> {
 #[derive(Debug, PartialEq)]
 pub enum Incoming {
     Item(Value),
+    /// An item that is also the end (the single-frame unary reply).
+    Last(Value),
     End,
     Error(ErrorInfo),
 }
 
 #[derive(Deserialize)]
 struct AnyFrame {
-    #[serde(default)]
+    /// `Some(Null)` for `"body": null`, `None` for no `body` at all (an end frame).
+    #[serde(default, deserialize_with = "present")]
     body: Option<Value>,
     #[serde(default, rename = "__end__")]
     end: Option<bool>,
@@ -116,6 +137,10 @@ struct AnyFrame {
     except: Option<Value>,
     #[serde(default, rename = "__error__")]
     error: Option<ErrorInfo>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
 }
 
 /// Decodes a reply frame. Unlike Python farine, a falsy body (`0`, `""`, `null`, ...) is an
@@ -135,7 +160,10 @@ pub fn decode(bytes: &[u8]) -> Result<Incoming, String> {
         return Ok(Incoming::Error(info));
     }
     match frame.end {
-        Some(true) => Ok(Incoming::End),
+        Some(true) => Ok(match frame.body {
+            Some(value) => Incoming::Last(value),
+            None => Incoming::End,
+        }),
         Some(false) => Ok(Incoming::Item(frame.body.unwrap_or(Value::Null))),
         None => Err("reply frame has neither __end__ nor __except__".into()),
     }
@@ -177,6 +205,22 @@ mod tests {
                 "Traceback ... NameError"
             )))
         );
+    }
+
+    #[test]
+    fn a_unary_result_fits_in_one_frame() {
+        for value in [json!(5), json!(null), json!({"a": [1, 2]}), json!("x")] {
+            let Frame::Item(mut bytes) = item(&value) else {
+                panic!("encodes")
+            };
+            assert!(into_last(&mut bytes));
+            assert_eq!(decode(&bytes), Ok(Incoming::Last(value)));
+        }
+        let mut other = br#"{"__end__": true}"#.to_vec();
+        assert!(!into_last(&mut other));
+        assert_eq!(other, br#"{"__end__": true}"#);
+        // An end frame without a body stays an end, as Python sends it.
+        assert_eq!(decode(br#"{"__end__":true}"#), Ok(Incoming::End));
     }
 
     #[test]

@@ -15,6 +15,19 @@ pub(crate) struct Cancel {
     pub reply_to: String,
 }
 
+/// A caller's grant of `items` more items of a stream (both ids must match, as for a cancel).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct Credit {
+    pub correlation_id: String,
+    pub reply_to: String,
+    pub items: u64,
+}
+
+/// The request header carrying a stream's first credit, in items: a server that sees it sends
+/// no more items than the caller granted (an extension; without it, as Python callers do,
+/// the server's own bound applies).
+pub(crate) const CREDIT_HEADER: &str = "x-farine-credit";
+
 /// Whether `name` is a reply queue a service may answer into: RabbitMQ's direct reply-to,
 /// a farine client's `farine.reply.<32 hex>`, or Python farine's `uuid4().hex`. Anything else
 /// (an entry point's queue, any other queue) is refused: a caller does not choose where a
@@ -33,4 +46,10 @@ pub(crate) const REPLY_QUEUE_PREFIX: &str = "farine.reply.";
 /// Python farine servers never bind it, so the request is simply dropped).
 pub(crate) fn cancel_key(service: &str) -> String {
     format!("{service}.__cancel__")
+}
+
+/// Routing key on the service exchange where callers grant stream credit (its own key, so a
+/// server that does not know credits never takes one for a cancel).
+pub(crate) fn credit_key(service: &str) -> String {
+    format!("{service}.__credit__")
 }

@@ -7,16 +7,18 @@ use super::deliveries::{queue_topology, DeliveryLoop};
 use crate::broker::Broker;
 use crate::clip::clip;
 use crate::config::ServiceConfig;
-use crate::context::ServiceContext;
+use crate::context::{ServiceContext, StreamControl};
 use crate::rpc::args::Args;
 use crate::rpc::frame::{self, kind, ErrorInfo, Frame};
-use crate::rpc::names::{cancel_key, is_reply_queue, queue_name, Cancel};
+use crate::rpc::names::{
+    cancel_key, credit_key, is_reply_queue, queue_name, Cancel, Credit, CREDIT_HEADER,
+};
 pub(crate) mod handler;
 pub(crate) mod reply;
 use super::EntryPoint;
 use crate::outcome::{guard, guard_stream, Outcome};
 use crate::retry;
-use crate::transport::{Confirm, Delivery, Next, Properties, Subscribe};
+use crate::transport::{Confirm, Delivery, HeaderValue, Message, Next, Properties, Subscribe};
 use crate::{Error, Result};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -283,13 +285,20 @@ async fn serve(
                     .await
                     .unwrap_or_else(|panic| Frame::Error(panicked(&label, &panic)).into());
                 match reply.frame {
-                    Frame::Item(bytes) => {
-                        replier.send(&bytes).await?;
-                        replier.send(frame::END).await?;
-                        if let Some(exchange) = shared.attr.broadcast {
+                    Frame::Item(mut bytes) => {
+                        let events = shared
+                            .attr
+                            .broadcast
+                            .map(|_| reply.events.unwrap_or_else(|| result_body(&bytes)));
+                        if single_frame(request) && frame::into_last(&mut bytes) {
+                            replier.send(&bytes).await?;
+                        } else {
+                            replier.send(&bytes).await?;
+                            replier.send(frame::END).await?;
+                        }
+                        if let (Some(exchange), Some(events)) = (shared.attr.broadcast, events) {
                             // After the commit (inside the method's future) and the reply.
                             replier.settle_all().await?;
-                            let events = reply.events.unwrap_or_else(|| result_body(&bytes));
                             broadcast(broker, &label, exchange, &events).await;
                         }
                         Ok(())
@@ -300,9 +309,17 @@ async fn serve(
             Call::Stream(stream) => {
                 // Each item is produced as the service's (a `Publisher` inside it finds it).
                 let stream = crate::context::scope_stream(shared.context.clone(), stream).boxed();
-                let cancel = shared.context.streams.register(&correlation_id, &reply_to);
-                let result =
-                    stream_frames(&label, stream, &mut replier, &cancel, &shutdown, grace).await;
+                let control =
+                    shared
+                        .context
+                        .streams
+                        .register(&correlation_id, &reply_to, credit(request));
+                let limits = Limits {
+                    shutdown: &shutdown,
+                    grace,
+                    credit_wait: shared.context.settings.rpc_timeout,
+                };
+                let result = stream_frames(&label, stream, &mut replier, &control, limits).await;
                 shared.context.streams.remove(&correlation_id, &reply_to);
                 result
             }
@@ -333,23 +350,112 @@ async fn serve(
     crate::observe::handled(&shared.context.settings.amqp_uri, &label, &observed);
 }
 
+/// Whether the caller reads a unary result as one frame (it said so in a header).
+fn single_frame(request: &Message) -> bool {
+    matches!(
+        request.properties.headers.get(frame::SINGLE_FRAME_HEADER),
+        Some(HeaderValue::Bool(true))
+    )
+}
+
+/// The credit a caller grants a stream at first, if it uses credits: at least one item, and
+/// no more than [`MAX_CREDIT`] whatever it wrote.
+fn credit(request: &Message) -> Option<u64> {
+    match request.properties.headers.get(CREDIT_HEADER) {
+        Some(HeaderValue::Int(items)) => {
+            Some(u64::try_from(*items).unwrap_or(0).clamp(1, MAX_CREDIT))
+        }
+        _ => None,
+    }
+}
+
+/// For a caller without credit: every this many items, the depth of its reply queue is
+/// checked, and the stream waits while more than [`UNCREDITED_BACKLOG`] are unread.
+const UNCREDITED_CHECK: u64 = 256;
+const UNCREDITED_BACKLOG: usize = 4_096;
+
+/// The most items a caller may have granted and not read: a sender cannot make the service
+/// and the broker hold more of its stream than this.
+const MAX_CREDIT: u64 = 65_536;
+
+/// When a stream stops early.
+struct Limits<'a> {
+    shutdown: &'a CancellationToken,
+    /// After `shutdown`, how long the stream may still run.
+    grace: Duration,
+    /// How long the stream waits for a caller's credit before it gives up on the caller.
+    credit_wait: Duration,
+}
+
+/// Waits while the caller's reply queue holds [`UNCREDITED_BACKLOG`] or more messages: false
+/// when `cancel` fires or it stays full for `wait`. A reply address that is no queue (direct
+/// reply-to) cannot be measured and never waits.
+async fn backlog_below(
+    broker: &Broker,
+    reply_to: &str,
+    cancel: &CancellationToken,
+    wait: Duration,
+) -> bool {
+    if reply_to.starts_with("amq.rabbitmq.reply-to") {
+        return true;
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match broker.message_count(reply_to).await {
+            Ok(Some(unread)) if unread >= UNCREDITED_BACKLOG => {}
+            _ => return true,
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            _ = tokio::time::sleep_until(deadline) => return false,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
 /// Sends one frame per item, then the end frame; stops on cancel from the caller, on an
-/// error item, or when the grace period after shutdown runs out.
+/// error item, when the grace period after shutdown runs out, or when a caller that grants
+/// credit grants none for `credit_wait`. The next item is produced only once the caller
+/// granted it, so a slow reader holds the stream back instead of filling memory.
 async fn stream_frames(
     label: &str,
     stream: BoxStream<'static, Frame>,
     replier: &mut Replier<'_>,
-    cancel: &CancellationToken,
-    shutdown: &CancellationToken,
-    grace: Duration,
+    control: &StreamControl,
+    limits: Limits<'_>,
 ) -> Result<()> {
     let mut stream = std::pin::pin!(guard_stream(stream));
+    let cancel = &control.cancel;
     let stopped = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(grace).await;
+        limits.shutdown.cancelled().await;
+        tokio::time::sleep(limits.grace).await;
     };
     tokio::pin!(stopped);
+    let mut items: u64 = 0;
     loop {
+        let allowed = match &control.flow {
+            Some(flow) => flow.wait_for(items, cancel, limits.credit_wait).await,
+            // No credit (a Python caller): hold back while its reply queue is full.
+            None if items > 0 && items % UNCREDITED_CHECK == 0 => {
+                let (broker, reply_to) = (replier.broker, replier.reply_to);
+                backlog_below(broker, reply_to, cancel, limits.credit_wait).await
+            }
+            None => true,
+        };
+        if !allowed {
+            if cancel.is_cancelled() {
+                tracing::debug!(call = %label, "caller cancelled the stream");
+                return Ok(());
+            }
+            let info = ErrorInfo::new(
+                kind::TIMEOUT,
+                format!(
+                    "{label}: the caller read nothing for {:?} (rpc_timeout): stream stopped",
+                    limits.credit_wait
+                ),
+            );
+            return replier.send_error(&info, false).await;
+        }
         let next = tokio::select! {
             next = stream.next() => next,
             _ = cancel.cancelled() => {
@@ -362,7 +468,10 @@ async fn stream_frames(
             }
         };
         match next {
-            Some(Ok(Frame::Item(bytes))) => replier.send(&bytes).await?,
+            Some(Ok(Frame::Item(bytes))) => {
+                replier.send(&bytes).await?;
+                items += 1;
+            }
             Some(Ok(Frame::Error(info))) => return replier.send_error(&info, false).await,
             Some(Err(panic)) => return replier.send_error(&panicked(label, &panic), false).await,
             None => return replier.send(frame::END).await,
@@ -432,6 +541,7 @@ pub(crate) async fn listen_for_cancels(
             Some((service, &cancel_key(service))),
         )
         .await?;
+    notices.binder().bind(service, &credit_key(service)).await?;
     Ok(tokio::spawn(async move {
         loop {
             let delivery = tokio::select! {
@@ -447,7 +557,14 @@ pub(crate) async fn listen_for_cancels(
                     Next::Cancelled => break,
                 },
             };
-            if let Ok(cancel) = serde_json::from_slice::<Cancel>(&delivery.message.body) {
+            let body = &delivery.message.body;
+            if delivery.message.routing_key == credit_key(service) {
+                if let Ok(credit) = serde_json::from_slice::<Credit>(body) {
+                    context
+                        .streams
+                        .grant(&credit.correlation_id, &credit.reply_to, credit.items);
+                }
+            } else if let Ok(cancel) = serde_json::from_slice::<Cancel>(body) {
                 context
                     .streams
                     .cancel(&cancel.correlation_id, &cancel.reply_to);
