@@ -436,7 +436,7 @@ async fn stream_frames(
         let allowed = match &control.flow {
             Some(flow) => flow.wait_for(items, cancel, limits.credit_wait).await,
             // No credit (a Python caller): hold back while its reply queue is full.
-            None if items > 0 && items % UNCREDITED_CHECK == 0 => {
+            None if items > 0 && items.is_multiple_of(UNCREDITED_CHECK) => {
                 let (broker, reply_to) = (replier.broker, replier.reply_to);
                 backlog_below(broker, reply_to, cancel, limits.credit_wait).await
             }
