@@ -118,6 +118,11 @@ impl DeliveryLoop {
                                 release_memory();
                             }
                         });
+                        // Finished tasks are reaped here rather than by waiting on them: a
+                        // wait would wake this loop once more per delivery for nothing (and
+                        // on a busy worker, that wake-up asks another worker to steal work).
+                        // The prefetch bounds how many can pile up.
+                        while tasks.try_join_next().is_some() {}
                     }
                     Next::Lost(err) => {
                         // The transport reconnects and re-attaches this consumer; unacked
@@ -137,7 +142,6 @@ impl DeliveryLoop {
                         }
                     }
                 },
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         };
         if ended.is_none() {

@@ -162,12 +162,10 @@ impl Memory {
     }
 }
 
-/// One in-process broker: its state, and a signal for waiting consumers.
+/// One in-process broker and its state.
 struct Node {
     name: String,
     state: Mutex<State>,
-    /// Signalled after any change that may let a waiting consumer go on.
-    changed: Notify,
 }
 
 impl Node {
@@ -187,7 +185,6 @@ impl Node {
         Arc::new(Node {
             name: name.to_string(),
             state: Mutex::new(state),
-            changed: Notify::new(),
         })
     }
 
@@ -198,19 +195,21 @@ impl Node {
     }
 
     /// Runs `f` on the state, then starts the expiry timers it asked for and wakes the
-    /// consumers if it changed something they wait for.
+    /// subscriptions whose next step it may have changed (only those: waking every consumer
+    /// of the broker at each publish cost more than the routing itself).
     fn with<T>(self: &Arc<Self>, f: impl FnOnce(&mut State) -> T) -> T {
-        let (result, timers, dirty) = {
+        let (result, timers, wake) = {
             let mut state = self.lock();
             let result = f(&mut state);
-            let dirty = std::mem::take(&mut state.dirty);
-            (result, std::mem::take(&mut state.timers), dirty)
+            let wake = std::mem::take(&mut state.wake);
+            (result, std::mem::take(&mut state.timers), wake)
         };
         for (queue, timer) in timers {
             self.start_timer(queue, timer);
         }
-        if dirty {
-            self.changed.notify_waiters();
+        for channel in wake {
+            // A permit is kept when the subscription is not waiting yet: it looks again.
+            channel.notify_one();
         }
         result
     }
@@ -256,8 +255,8 @@ struct State {
     next_id: u64,
     /// Expiry timers to start once the state is unlocked.
     timers: Vec<(String, Timer)>,
-    /// Something changed that a waiting consumer may be waiting for.
-    dirty: bool,
+    /// The signals of the subscriptions to wake once the state is unlocked.
+    wake: Vec<Arc<Notify>>,
 }
 
 struct Exchange {
@@ -289,7 +288,8 @@ struct Queue {
     /// The connection an exclusive queue belongs to.
     owner: Option<u64>,
     ready: VecDeque<Stored>,
-    consumers: usize,
+    /// The channels consuming it.
+    consumers: Vec<u64>,
     /// The pending expiry timer, if one is pending.
     timer: Option<Timer>,
 }
@@ -329,6 +329,8 @@ struct Channel {
     exclusive: Vec<String>,
     /// Its connection was closed.
     lost: bool,
+    /// Wakes its subscription when it may have a next step.
+    wake: Arc<Notify>,
 }
 
 /// What a subscription's next step is, decided under the lock.
@@ -345,6 +347,25 @@ impl State {
     fn id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
+    }
+
+    /// Wakes the subscription of `channel` once the state is unlocked.
+    fn wake_channel(&mut self, channel: u64) {
+        if let Some(c) = self.channels.get(&channel) {
+            self.wake.push(c.wake.clone());
+        }
+    }
+
+    /// Wakes the consumers of `queue`: it has a message for them.
+    fn wake_consumers(&mut self, queue: &str) {
+        let Some(q) = self.queues.get(queue) else {
+            return;
+        };
+        for channel in &q.consumers {
+            if let Some(c) = self.channels.get(channel) {
+                self.wake.push(c.wake.clone());
+            }
+        }
     }
 
     /// Declares `topology` for `connection`; exclusive queues declared are added to
@@ -445,7 +466,7 @@ impl State {
                 options: options.clone(),
                 owner: options.exclusive.then_some(connection),
                 ready: VecDeque::new(),
-                consumers: 0,
+                consumers: Vec::new(),
                 timer: None,
             },
         );
@@ -530,7 +551,7 @@ impl State {
             message,
             expires_at,
         });
-        self.dirty = true;
+        self.wake_consumers(queue);
         self.arm(queue);
     }
 
@@ -542,7 +563,7 @@ impl State {
         };
         stored.message.redelivered = true;
         q.ready.push_front(stored);
-        self.dirty = true;
+        self.wake_consumers(queue);
         self.arm(queue);
     }
 
@@ -673,11 +694,17 @@ impl State {
         Ok(!targets.is_empty())
     }
 
-    /// A channel consuming `subscribe.queue` for `connection`.
-    fn open_channel(&mut self, connection: u64, subscribe: &Subscribe) -> Result<u64> {
+    /// A channel consuming `subscribe.queue` for `connection`, and what wakes its
+    /// subscription.
+    fn open_channel(
+        &mut self,
+        connection: u64,
+        subscribe: &Subscribe,
+    ) -> Result<(u64, Arc<Notify>)> {
         let mut exclusive = Vec::new();
         self.declare(connection, &subscribe.topology, Some(&mut exclusive))?;
         let id = self.id();
+        let wake = Arc::new(Notify::new());
         self.channels.insert(
             id,
             Channel {
@@ -688,13 +715,14 @@ impl State {
                 unacked: BTreeMap::new(),
                 exclusive,
                 lost: false,
+                wake: wake.clone(),
             },
         );
         if let Err(err) = self.consume(id, subscribe) {
             self.channels.remove(&id);
             return Err(err);
         }
-        Ok(id)
+        Ok((id, wake))
     }
 
     fn consume(&mut self, channel: u64, subscribe: &Subscribe) -> Result<()> {
@@ -713,7 +741,7 @@ impl State {
             )));
         };
         check_owner(queue, connection, name)?;
-        queue.consumers += 1;
+        queue.consumers.push(channel);
         let consuming = Some((name.clone(), queue.id));
         if let Some(c) = self.channels.get_mut(&channel) {
             c.consuming = consuming;
@@ -740,10 +768,11 @@ impl State {
         let queue = self.queues.get_mut(&name).filter(|q| q.id == id)?;
         let stored = queue.ready.pop_front()?;
         self.arm(&name);
-        let message = stored.message.clone();
         if no_ack {
-            return Some(Taken::Message(message, None));
+            return Some(Taken::Message(stored.message, None));
         }
+        // Kept until settled, to go back to the queue if it is not acked.
+        let message = stored.message.clone();
         let tag = self.id();
         if let Some(c) = self.channels.get_mut(&channel) {
             c.unacked.insert(tag, (name, id, stored));
@@ -763,13 +792,16 @@ impl State {
                 "settling a delivery after its connection closed: it went back to its queue".into(),
             ));
         }
+        // At its prefetch, the subscription waits for this settle to take more.
+        let was_full = c.prefetch > 0 && c.unacked.len() >= usize::from(c.prefetch);
         let Some((queue, id, stored)) = c.unacked.remove(&tag) else {
             return Err(Error::Runtime(format!(
                 "unknown delivery tag {tag} (settled twice?) (PRECONDITION_FAILED)"
             )));
         };
-        // One fewer in flight: the subscription may take more.
-        self.dirty = true;
+        if was_full {
+            self.wake_channel(channel);
+        }
         match outcome {
             Outcome::Ack => {}
             Outcome::Requeue => self.requeue(&queue, id, stored),
@@ -797,12 +829,12 @@ impl State {
         else {
             return;
         };
-        self.dirty = true;
+        self.wake_channel(channel);
         let Some(queue) = self.queues.get_mut(&name).filter(|q| q.id == id) else {
             return;
         };
-        queue.consumers = queue.consumers.saturating_sub(1);
-        if queue.consumers == 0 && queue.options.auto_delete {
+        queue.consumers.retain(|c| *c != channel);
+        if queue.consumers.is_empty() && queue.options.auto_delete {
             self.delete_queue(&name);
         }
     }
@@ -833,7 +865,6 @@ impl State {
                 }
             }
         }
-        self.dirty = true;
     }
 
     /// Closes `connection`: its channels lose it, their unacked deliveries go back, and its
@@ -851,6 +882,8 @@ impl State {
             if let Some(c) = self.channels.get_mut(&channel) {
                 c.lost = true;
             }
+            // A waiting subscription learns it lost its connection.
+            self.wake_channel(channel);
         }
         let owned: Vec<String> = self
             .queues
@@ -861,7 +894,6 @@ impl State {
         for queue in owned {
             self.delete_queue(&queue);
         }
-        self.dirty = true;
     }
 
     /// Deletes a queue and its bindings (an auto-delete exchange left without bindings goes
@@ -873,16 +905,13 @@ impl State {
         }
         self.exchanges
             .retain(|_, e| !(e.auto_delete && e.bindings.is_empty()));
-        for channel in self.channels.values_mut() {
-            if channel
-                .consuming
-                .as_ref()
-                .is_some_and(|(q, id)| q == name && *id == queue.id)
-            {
-                channel.consuming = None;
+        for channel in &queue.consumers {
+            if let Some(c) = self.channels.get_mut(channel) {
+                c.consuming = None;
+                // A waiting subscription learns it was cancelled.
+                self.wake.push(c.wake.clone());
             }
         }
-        self.dirty = true;
         Some(queue.ready.len())
     }
 
@@ -1130,13 +1159,14 @@ impl Transport for Memory {
     fn subscribe(&self, subscribe: Subscribe) -> BoxFuture<'_, Result<Box<dyn Subscription>>> {
         async move {
             self.check_open()?;
-            let channel = self
+            let (channel, wake) = self
                 .node
                 .with(|state| state.open_channel(self.connection, &subscribe))?;
             let subscription: Box<dyn Subscription> = Box::new(MemorySubscription {
                 node: self.node.clone(),
                 connection: self.connection,
                 channel,
+                wake,
                 subscribe,
             });
             Ok(subscription)
@@ -1201,6 +1231,9 @@ struct MemorySubscription {
     node: Arc<Node>,
     connection: u64,
     channel: u64,
+    /// Signalled when its channel may have a next step (a message, a settle that frees
+    /// prefetch, a cancel, a lost connection).
+    wake: Arc<Notify>,
     subscribe: Subscribe,
 }
 
@@ -1208,10 +1241,8 @@ impl Subscription for MemorySubscription {
     fn next(&mut self) -> BoxFuture<'_, Next> {
         async move {
             loop {
-                // Registered before looking, so a change made in between still wakes us.
-                let changed = self.node.changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
+                // A change made between this look and the wait leaves a permit: no wake-up
+                // is lost.
                 let taken = self.node.with(|state| state.take(self.channel));
                 match taken {
                     Some(Taken::Message(message, tag)) => {
@@ -1224,7 +1255,7 @@ impl Subscription for MemorySubscription {
                     }
                     Some(Taken::Lost) => return Next::Lost("the connection was closed".into()),
                     Some(Taken::Cancelled) => return Next::Cancelled,
-                    None => changed.await,
+                    None => self.wake.notified().await,
                 }
             }
         }
