@@ -111,7 +111,9 @@ impl DeliveryLoop {
                 next = self.subscription.next() => match next {
                     Next::Delivery(delivery) => {
                         let large = delivery.message.body.len() >= LARGE_BODY;
-                        let work = handle(delivery);
+                        // Boxed at once: a handler's future is large (several KiB for an
+                        // RPC), and spawning moves it through several frames by value.
+                        let work = Box::pin(handle(delivery));
                         tasks.spawn(async move {
                             work.await;
                             if large {
