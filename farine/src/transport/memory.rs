@@ -20,9 +20,12 @@
 //!   queue receives is [`Error::Unroutable`]; a missing exchange is an error.
 //!
 //! Every [`Memory`] is one connection to a broker of the process: [`Memory::open`] with the
-//! same name reaches the same broker, which lives as long as the process. Not supported:
-//! direct reply-to, exchange-to-exchange bindings, alternate exchanges, queue length limits,
+//! same name reaches the same broker, which lives as long as the process. Direct reply-to
+//! works as on RabbitMQ, paired per connection rather than per channel (see `memory/direct_reply.rs`).
+//! Not supported: exchange-to-exchange bindings, alternate exchanges, queue length limits,
 //! priorities.
+
+mod direct_reply;
 
 use super::{
     Binder, Confirm, Declaration, Delivery, HeaderValue, Headers, Message, Moved, Next, Outgoing,
@@ -657,8 +660,9 @@ impl State {
         }
     }
 
-    /// Routes a published message; `Ok(false)` when no queue received it.
-    fn publish(&mut self, message: &Outgoing<'_>) -> Result<bool> {
+    /// Routes a message `connection` published; `Ok(false)` when no queue received it.
+    fn publish(&mut self, connection: u64, message: &Outgoing<'_>) -> Result<bool> {
+        let direct = self.direct_reply_to(connection, message.properties.reply_to.as_deref())?;
         if let Some(text) = &message.properties.expiration {
             if text.trim().parse::<u64>().is_err() {
                 return Err(Error::Runtime(format!(
@@ -680,6 +684,10 @@ impl State {
             )));
         };
         for target in &targets {
+            let mut properties = message.properties.clone();
+            if let Some(reply_to) = &direct {
+                properties.reply_to = Some(reply_to.clone());
+            }
             self.enqueue(
                 target,
                 Message {
@@ -687,7 +695,7 @@ impl State {
                     exchange: message.exchange.to_string(),
                     routing_key: message.routing_key.to_string(),
                     redelivered: false,
-                    properties: message.properties.clone(),
+                    properties,
                 },
             );
         }
@@ -726,7 +734,13 @@ impl State {
     }
 
     fn consume(&mut self, channel: u64, subscribe: &Subscribe) -> Result<()> {
-        let name = &subscribe.queue;
+        let direct;
+        let name = if subscribe.queue == direct_reply::PSEUDO_QUEUE {
+            direct = self.direct_reply_queue(channel, &subscribe.label, subscribe.no_ack)?;
+            &direct
+        } else {
+            &subscribe.queue
+        };
         let Some(c) = self.channels.get(&channel) else {
             return Err(Error::Runtime(format!(
                 "{}: the subscription to queue {name:?} is closed",
@@ -1141,7 +1155,9 @@ impl Transport for Memory {
     fn publish<'a>(&'a self, message: Outgoing<'a>) -> BoxFuture<'a, Result<Confirm>> {
         async move {
             self.check_open()?;
-            let routed = self.node.with(|state| state.publish(&message))?;
+            let routed = self
+                .node
+                .with(|state| state.publish(self.connection, &message))?;
             let confirm: Confirm = if routed || !message.mandatory {
                 futures::future::ready(Ok(())).boxed()
             } else {
@@ -2128,5 +2144,51 @@ mod tests {
             broker_name("memory://t_unit_shared/"),
             Some("t_unit_shared")
         );
+    }
+
+    #[tokio::test]
+    async fn direct_reply_to_routes_replies_back_to_the_publishing_connection() {
+        let caller = Memory::isolated();
+        let server = caller.connect();
+        server.declare(&[queue("requests")]).await.unwrap();
+        let direct = "amq.rabbitmq.reply-to";
+        // Without a consumer of the pseudo-queue, such a publish is refused, as on RabbitMQ.
+        let asking = Properties::default().with_reply_to(direct);
+        let refused = send(&caller, "", "requests", "q", asking.clone(), true).await;
+        assert!(refused.is_err());
+        assert!(caller.subscribe(consume(direct, 0, false)).await.is_err());
+        let mut replies = caller.subscribe(consume(direct, 0, true)).await.unwrap();
+        assert!(caller.subscribe(consume(direct, 0, true)).await.is_err());
+        send(&caller, "", "requests", "q", asking, true)
+            .await
+            .unwrap();
+
+        let mut requests = server
+            .subscribe(consume("requests", 0, false))
+            .await
+            .unwrap();
+        let request = next(&mut requests).await;
+        let reply_to = request.message.properties.reply_to.clone().unwrap();
+        assert!(reply_to.starts_with("amq.rabbitmq.reply-to."), "{reply_to}");
+        assert!(crate::rpc::names::is_reply_queue(&reply_to));
+        for frame in ["one", "two"] {
+            send(&server, "", &reply_to, frame, Properties::default(), false)
+                .await
+                .unwrap();
+        }
+        request.ack().await.unwrap();
+        let (one, two) = (next(&mut replies).await, next(&mut replies).await);
+        assert_eq!((body(&one), body(&two)), ("one", "two"));
+        assert_eq!(one.message.routing_key, reply_to);
+        // The other connection has no direct consumer of its own.
+        let theirs = Properties::default().with_reply_to(direct);
+        assert!(send(&server, "", "requests", "q", theirs, true)
+            .await
+            .is_err());
+
+        // Gone with its consumer: a reply is then unroutable.
+        replies.close().await;
+        let late = send(&server, "", &reply_to, "late", Properties::default(), true).await;
+        assert!(matches!(late, Err(Error::Unroutable { .. })));
     }
 }
