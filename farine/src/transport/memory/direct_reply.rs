@@ -14,7 +14,7 @@ use crate::transport::QueueOptions;
 use crate::{Error, Result};
 
 /// The pseudo-queue callers consume, and the `reply_to` they publish with.
-pub(super) const PSEUDO_QUEUE: &str = "amq.rabbitmq.reply-to";
+pub(super) const PSEUDO_QUEUE: &str = crate::transport::DIRECT_REPLY_TO;
 
 impl State {
     /// Declares the queue behind a new direct reply-to consumer on `channel` and returns its
