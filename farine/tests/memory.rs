@@ -129,6 +129,67 @@ async fn rpc_unary_and_streaming_calls_work_in_memory() {
     running.shutdown().await.expect("clean shutdown");
 }
 
+/// The next reply frame a raw caller receives, which answers the call `id`.
+async fn frame(replies: &mut Box<dyn farine::transport::Subscription>, id: &str) -> Value {
+    use farine::transport::Next;
+    let next = tokio::time::timeout(WAIT, replies.next()).await;
+    let Ok(Next::Delivery(delivery)) = next else {
+        panic!("no reply frame for {id}");
+    };
+    let message = delivery.message;
+    assert_eq!(message.properties.correlation_id.as_deref(), Some(id));
+    serde_json::from_slice(&message.body).expect("a JSON frame")
+}
+
+/// A raw caller on direct reply-to (`amq.rabbitmq.reply-to`, as on RabbitMQ) gets a unary
+/// reply and every frame of a long stream from a farine server, through the transport alone.
+#[tokio::test]
+async fn callers_on_direct_reply_to_get_replies_and_whole_streams() {
+    use farine::transport::Subscribe;
+    let config = config("direct", "");
+    let running = farine::Runtime::new(config.clone())
+        .only(["t_mem_calc"])
+        .start()
+        .await
+        .expect("service starts");
+    let caller = broker(&config).await;
+    let mut replies = caller
+        .subscribe(Subscribe {
+            label: "raw caller".into(),
+            queue: "amq.rabbitmq.reply-to".into(),
+            prefetch: 0,
+            no_ack: true,
+            topology: Vec::new(),
+        })
+        .await
+        .expect("consumes direct reply-to");
+    let call = |method: &str, args: &str, id: &str| {
+        let properties = Properties::json()
+            .with_correlation_id(id)
+            .with_reply_to("amq.rabbitmq.reply-to");
+        let key = format!("t_mem_calc__{method}");
+        let body = args.as_bytes().to_vec();
+        let caller = &caller;
+        async move {
+            caller
+                .publish("t_mem_calc", &key, &body, properties, true)
+                .await
+                .expect("request published")
+        }
+    };
+
+    call("add", r#"{"args": [2, 3], "kwargs": {}}"#, "unary").await;
+    assert_eq!(frame(&mut replies, "unary").await["body"], json!(5));
+    assert_eq!(frame(&mut replies, "unary").await["__end__"], json!(true));
+
+    call("count", r#"{"args": [600], "kwargs": {}}"#, "stream").await;
+    for item in 0..600 {
+        assert_eq!(frame(&mut replies, "stream").await["body"], json!(item));
+    }
+    assert_eq!(frame(&mut replies, "stream").await["__end__"], json!(true));
+    running.shutdown().await.expect("clean shutdown");
+}
+
 // ---------------------------------------------------------------- consume
 
 static POINTS: Mutex<Vec<(i64, i64)>> = Mutex::new(Vec::new());

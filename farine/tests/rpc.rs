@@ -516,3 +516,83 @@ async fn callers_on_direct_reply_to_get_whole_streams() {
         .await;
     raw.delete_exchanges(&["t_direct"]).await;
 }
+
+#[derive(Default)]
+struct DirectSeam;
+
+#[farine::service(name = "t_direct_seam")]
+impl DirectSeam {
+    #[rpc::method]
+    fn upto(&self, n: u32) -> impl Stream<Item = u32> + Send + 'static {
+        futures::stream::iter(0..n)
+    }
+}
+
+/// The same caller through farine's transport seam (as on `memory://`): a subscription to
+/// `amq.rabbitmq.reply-to` receives the replies to what its broker publishes with that
+/// `reply_to`, the transport pairing the two on one channel as RabbitMQ requires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_on_direct_reply_to_through_the_transport_get_whole_streams() {
+    use farine::transport::{Next, Properties, Subscribe, DIRECT_REPLY_TO};
+    let raw = Raw::connect().await;
+    let config = config("");
+    let running = farine::Runtime::new(config.clone())
+        .only(["t_direct_seam"])
+        .start()
+        .await
+        .unwrap();
+    let settings = config.service("t_direct_caller").unwrap();
+    let caller = farine::broker::Broker::for_service(&settings)
+        .await
+        .unwrap();
+    let asking = Properties::json()
+        .with_correlation_id("c2")
+        .with_reply_to(DIRECT_REPLY_TO);
+    let body = br#"{"args": [300], "kwargs": {}}"#;
+    let refused = caller
+        .publish(
+            "t_direct_seam",
+            "t_direct_seam__upto",
+            body,
+            asking.clone(),
+            true,
+        )
+        .await;
+    assert!(refused.is_err(), "no direct reply-to consumer yet");
+    let mut replies = caller
+        .subscribe(Subscribe {
+            label: "raw caller".into(),
+            queue: DIRECT_REPLY_TO.into(),
+            prefetch: 0,
+            no_ack: true,
+            topology: Vec::new(),
+        })
+        .await
+        .unwrap();
+    caller
+        .publish("t_direct_seam", "t_direct_seam__upto", body, asking, true)
+        .await
+        .unwrap();
+    let mut items = 0;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), replies.next())
+            .await
+            .expect("the stream goes on to its end frame");
+        let Next::Delivery(delivery) = next else {
+            panic!("the reply consumer ended");
+        };
+        let frame: Value = serde_json::from_slice(&delivery.message.body).unwrap();
+        if frame["__end__"] == json!(true) {
+            break;
+        }
+        assert_eq!(frame["body"], json!(items));
+        items += 1;
+    }
+    assert_eq!(items, 300);
+    replies.close().await;
+    caller.close().await;
+    running.shutdown().await.unwrap();
+    raw.delete_queues(&["t_direct_seam__upto", "t_direct_seam__upto.dlq"])
+        .await;
+    raw.delete_exchanges(&["t_direct_seam"]).await;
+}

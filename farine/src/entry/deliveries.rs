@@ -111,13 +111,20 @@ impl DeliveryLoop {
                 next = self.subscription.next() => match next {
                     Next::Delivery(delivery) => {
                         let large = delivery.message.body.len() >= LARGE_BODY;
-                        let work = handle(delivery);
+                        // Boxed at once: a handler's future is large (several KiB for an
+                        // RPC), and spawning moves it through several frames by value.
+                        let work = Box::pin(handle(delivery));
                         tasks.spawn(async move {
                             work.await;
                             if large {
                                 release_memory();
                             }
                         });
+                        // Finished tasks are reaped here rather than by waiting on them: a
+                        // wait would wake this loop once more per delivery for nothing (and
+                        // on a busy worker, that wake-up asks another worker to steal work).
+                        // The prefetch bounds how many can pile up.
+                        while tasks.try_join_next().is_some() {}
                     }
                     Next::Lost(err) => {
                         // The transport reconnects and re-attaches this consumer; unacked
@@ -137,7 +144,6 @@ impl DeliveryLoop {
                         }
                     }
                 },
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         };
         if ended.is_none() {

@@ -297,15 +297,21 @@ async fn dispatch(
             Err(message) => Incoming::Error(ErrorInfo::new(kind::INTERNAL, message)),
         };
         let last = !matches!(frame, Incoming::Item(_));
-        let mut calls = pending.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(sender) = calls.get(id) else {
+        let sender = {
+            let mut calls = pending.lock().unwrap_or_else(|p| p.into_inner());
+            if last {
+                calls.remove(id)
+            } else {
+                calls.get(id).cloned()
+            }
+        };
+        let Some(sender) = sender else {
             tracing::debug!(correlation_id = id, "reply for no waiting call ignored");
             continue;
         };
+        // Sent with the lock released: the caller it wakes takes the lock at once to forget
+        // its call, and would otherwise sleep on it.
         let _ = sender.send(frame);
-        if last {
-            calls.remove(id);
-        }
     }
     // The connection is gone: every waiting call learns it now, not at its timeout.
     pending.lock().unwrap_or_else(|p| p.into_inner()).clear();

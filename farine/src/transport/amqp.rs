@@ -5,7 +5,7 @@
 
 use super::{
     Binder, Confirm, Declaration, Delivery, HeaderValue, Headers, Message, Moved, Next, Outgoing,
-    Properties, QueueOptions, Settle, Subscribe, Subscription, Transport,
+    Properties, QueueOptions, Settle, Subscribe, Subscription, Transport, DIRECT_REPLY_TO,
 };
 use crate::config::{AmqpUri, ExchangeKind};
 use crate::{Error, Result};
@@ -52,6 +52,9 @@ pub struct Inner {
     losses: tokio::sync::watch::Receiver<u64>,
     /// Exchanges already declared by this process, so each is declared once.
     declared: Mutex<HashSet<String>>,
+    /// The channel consuming [`DIRECT_REPLY_TO`], if one does: RabbitMQ delivers replies to
+    /// a request only when it was published on the channel of that consumer.
+    direct_reply: Mutex<Option<Channel>>,
 }
 
 impl Amqp {
@@ -141,6 +144,7 @@ impl Amqp {
             publish_channel: RwLock::new(publish_channel),
             losses,
             declared: Mutex::new(HashSet::new()),
+            direct_reply: Mutex::new(None),
         })))
     }
 }
@@ -196,6 +200,21 @@ impl Inner {
             let _ = unused.close(200, "OK".into()).await;
         }
         Ok(())
+    }
+
+    fn direct_reply_slot(&self) -> std::sync::MutexGuard<'_, Option<Channel>> {
+        self.direct_reply
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The channel to publish a request that asks for a direct reply-to answer on.
+    fn direct_reply_channel(&self) -> Result<Channel> {
+        self.direct_reply_slot().clone().ok_or_else(|| {
+            Error::Runtime(format!(
+                "publishing with reply_to {DIRECT_REPLY_TO}: nothing consumes it on this connection (subscribe to {DIRECT_REPLY_TO} with no_ack first)"
+            ))
+        })
     }
 
     /// A short-lived channel for declarations whose failure (an exchange that exists with
@@ -387,9 +406,17 @@ impl Transport for Amqp {
     fn publish<'a>(&'a self, message: Outgoing<'a>) -> BoxFuture<'a, Result<Confirm>> {
         async move {
             let properties = to_lapin(&message.properties);
+            // A request asking for a direct reply goes on the channel consuming the replies.
+            let direct = match message.properties.reply_to.as_deref() == Some(DIRECT_REPLY_TO) {
+                true => Some(self.direct_reply_channel()?),
+                false => None,
+            };
             let deadline = tokio::time::Instant::now() + PUBLISH_WAIT;
             loop {
-                let channel = self.publish_channel();
+                let channel = match &direct {
+                    Some(direct) => direct.clone(),
+                    None => self.publish_channel(),
+                };
                 let published = channel
                     .basic_publish(
                         message.exchange.into(),
@@ -410,15 +437,16 @@ impl Transport for Amqp {
                     }
                     Err(err) => err,
                 };
-                if self.closed_by_channel_error(&channel) && tokio::time::Instant::now() < deadline {
+                if direct.is_none()
+                    && self.closed_by_channel_error(&channel)
+                    && tokio::time::Instant::now() < deadline
+                {
                     self.reopen_publish_channel().await?;
                     continue;
                 }
                 // The connection is down: wait for lapin to bring it back, within a bound.
-                let recovered = tokio::time::timeout_at(
-                    deadline,
-                    channel.wait_for_recovery(err.clone()),
-                )
+                let recovered =
+                    tokio::time::timeout_at(deadline, channel.wait_for_recovery(err.clone()))
                 .await;
                 match recovered {
                     Ok(Ok(())) => continue,
@@ -466,6 +494,9 @@ impl Transport for Amqp {
                 uuid::Uuid::new_v4().simple()
             );
             let consumer = consume(&channel, &subscribe, &tag).await?;
+            if subscribe.queue == DIRECT_REPLY_TO {
+                *self.direct_reply_slot() = Some(channel.clone());
+            }
             let subscription: Box<dyn Subscription> = Box::new(AmqpSubscription {
                 transport: self.0.clone(),
                 channel,
@@ -709,6 +740,12 @@ impl Subscription for AmqpSubscription {
 
     fn close(&mut self) -> BoxFuture<'_, ()> {
         async move {
+            {
+                let mut direct = self.transport.direct_reply_slot();
+                if direct.as_ref().is_some_and(|c| c.id() == self.channel.id()) {
+                    *direct = None;
+                }
+            }
             let _ = self.channel.close(200, "OK".into()).await;
         }
         .boxed()

@@ -20,9 +20,12 @@
 //!   queue receives is [`Error::Unroutable`]; a missing exchange is an error.
 //!
 //! Every [`Memory`] is one connection to a broker of the process: [`Memory::open`] with the
-//! same name reaches the same broker, which lives as long as the process. Not supported:
-//! direct reply-to, exchange-to-exchange bindings, alternate exchanges, queue length limits,
+//! same name reaches the same broker, which lives as long as the process. Direct reply-to
+//! works as on RabbitMQ, paired per connection rather than per channel (see `memory/direct_reply.rs`).
+//! Not supported: exchange-to-exchange bindings, alternate exchanges, queue length limits,
 //! priorities.
+
+mod direct_reply;
 
 use super::{
     Binder, Confirm, Declaration, Delivery, HeaderValue, Headers, Message, Moved, Next, Outgoing,
@@ -162,12 +165,10 @@ impl Memory {
     }
 }
 
-/// One in-process broker: its state, and a signal for waiting consumers.
+/// One in-process broker and its state.
 struct Node {
     name: String,
     state: Mutex<State>,
-    /// Signalled after any change that may let a waiting consumer go on.
-    changed: Notify,
 }
 
 impl Node {
@@ -187,7 +188,6 @@ impl Node {
         Arc::new(Node {
             name: name.to_string(),
             state: Mutex::new(state),
-            changed: Notify::new(),
         })
     }
 
@@ -198,19 +198,21 @@ impl Node {
     }
 
     /// Runs `f` on the state, then starts the expiry timers it asked for and wakes the
-    /// consumers if it changed something they wait for.
+    /// subscriptions whose next step it may have changed (only those: waking every consumer
+    /// of the broker at each publish cost more than the routing itself).
     fn with<T>(self: &Arc<Self>, f: impl FnOnce(&mut State) -> T) -> T {
-        let (result, timers, dirty) = {
+        let (result, timers, wake) = {
             let mut state = self.lock();
             let result = f(&mut state);
-            let dirty = std::mem::take(&mut state.dirty);
-            (result, std::mem::take(&mut state.timers), dirty)
+            let wake = std::mem::take(&mut state.wake);
+            (result, std::mem::take(&mut state.timers), wake)
         };
         for (queue, timer) in timers {
             self.start_timer(queue, timer);
         }
-        if dirty {
-            self.changed.notify_waiters();
+        for channel in wake {
+            // A permit is kept when the subscription is not waiting yet: it looks again.
+            channel.notify_one();
         }
         result
     }
@@ -256,8 +258,8 @@ struct State {
     next_id: u64,
     /// Expiry timers to start once the state is unlocked.
     timers: Vec<(String, Timer)>,
-    /// Something changed that a waiting consumer may be waiting for.
-    dirty: bool,
+    /// The signals of the subscriptions to wake once the state is unlocked.
+    wake: Vec<Arc<Notify>>,
 }
 
 struct Exchange {
@@ -289,7 +291,8 @@ struct Queue {
     /// The connection an exclusive queue belongs to.
     owner: Option<u64>,
     ready: VecDeque<Stored>,
-    consumers: usize,
+    /// The channels consuming it.
+    consumers: Vec<u64>,
     /// The pending expiry timer, if one is pending.
     timer: Option<Timer>,
 }
@@ -329,6 +332,8 @@ struct Channel {
     exclusive: Vec<String>,
     /// Its connection was closed.
     lost: bool,
+    /// Wakes its subscription when it may have a next step.
+    wake: Arc<Notify>,
 }
 
 /// What a subscription's next step is, decided under the lock.
@@ -345,6 +350,25 @@ impl State {
     fn id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
+    }
+
+    /// Wakes the subscription of `channel` once the state is unlocked.
+    fn wake_channel(&mut self, channel: u64) {
+        if let Some(c) = self.channels.get(&channel) {
+            self.wake.push(c.wake.clone());
+        }
+    }
+
+    /// Wakes the consumers of `queue`: it has a message for them.
+    fn wake_consumers(&mut self, queue: &str) {
+        let Some(q) = self.queues.get(queue) else {
+            return;
+        };
+        for channel in &q.consumers {
+            if let Some(c) = self.channels.get(channel) {
+                self.wake.push(c.wake.clone());
+            }
+        }
     }
 
     /// Declares `topology` for `connection`; exclusive queues declared are added to
@@ -445,7 +469,7 @@ impl State {
                 options: options.clone(),
                 owner: options.exclusive.then_some(connection),
                 ready: VecDeque::new(),
-                consumers: 0,
+                consumers: Vec::new(),
                 timer: None,
             },
         );
@@ -530,7 +554,7 @@ impl State {
             message,
             expires_at,
         });
-        self.dirty = true;
+        self.wake_consumers(queue);
         self.arm(queue);
     }
 
@@ -542,7 +566,7 @@ impl State {
         };
         stored.message.redelivered = true;
         q.ready.push_front(stored);
-        self.dirty = true;
+        self.wake_consumers(queue);
         self.arm(queue);
     }
 
@@ -636,8 +660,9 @@ impl State {
         }
     }
 
-    /// Routes a published message; `Ok(false)` when no queue received it.
-    fn publish(&mut self, message: &Outgoing<'_>) -> Result<bool> {
+    /// Routes a message `connection` published; `Ok(false)` when no queue received it.
+    fn publish(&mut self, connection: u64, message: &Outgoing<'_>) -> Result<bool> {
+        let direct = self.direct_reply_to(connection, message.properties.reply_to.as_deref())?;
         if let Some(text) = &message.properties.expiration {
             if text.trim().parse::<u64>().is_err() {
                 return Err(Error::Runtime(format!(
@@ -659,6 +684,10 @@ impl State {
             )));
         };
         for target in &targets {
+            let mut properties = message.properties.clone();
+            if let Some(reply_to) = &direct {
+                properties.reply_to = Some(reply_to.clone());
+            }
             self.enqueue(
                 target,
                 Message {
@@ -666,18 +695,24 @@ impl State {
                     exchange: message.exchange.to_string(),
                     routing_key: message.routing_key.to_string(),
                     redelivered: false,
-                    properties: message.properties.clone(),
+                    properties,
                 },
             );
         }
         Ok(!targets.is_empty())
     }
 
-    /// A channel consuming `subscribe.queue` for `connection`.
-    fn open_channel(&mut self, connection: u64, subscribe: &Subscribe) -> Result<u64> {
+    /// A channel consuming `subscribe.queue` for `connection`, and what wakes its
+    /// subscription.
+    fn open_channel(
+        &mut self,
+        connection: u64,
+        subscribe: &Subscribe,
+    ) -> Result<(u64, Arc<Notify>)> {
         let mut exclusive = Vec::new();
         self.declare(connection, &subscribe.topology, Some(&mut exclusive))?;
         let id = self.id();
+        let wake = Arc::new(Notify::new());
         self.channels.insert(
             id,
             Channel {
@@ -688,17 +723,24 @@ impl State {
                 unacked: BTreeMap::new(),
                 exclusive,
                 lost: false,
+                wake: wake.clone(),
             },
         );
         if let Err(err) = self.consume(id, subscribe) {
             self.channels.remove(&id);
             return Err(err);
         }
-        Ok(id)
+        Ok((id, wake))
     }
 
     fn consume(&mut self, channel: u64, subscribe: &Subscribe) -> Result<()> {
-        let name = &subscribe.queue;
+        let direct;
+        let name = if subscribe.queue == direct_reply::PSEUDO_QUEUE {
+            direct = self.direct_reply_queue(channel, &subscribe.label, subscribe.no_ack)?;
+            &direct
+        } else {
+            &subscribe.queue
+        };
         let Some(c) = self.channels.get(&channel) else {
             return Err(Error::Runtime(format!(
                 "{}: the subscription to queue {name:?} is closed",
@@ -713,7 +755,7 @@ impl State {
             )));
         };
         check_owner(queue, connection, name)?;
-        queue.consumers += 1;
+        queue.consumers.push(channel);
         let consuming = Some((name.clone(), queue.id));
         if let Some(c) = self.channels.get_mut(&channel) {
             c.consuming = consuming;
@@ -740,10 +782,11 @@ impl State {
         let queue = self.queues.get_mut(&name).filter(|q| q.id == id)?;
         let stored = queue.ready.pop_front()?;
         self.arm(&name);
-        let message = stored.message.clone();
         if no_ack {
-            return Some(Taken::Message(message, None));
+            return Some(Taken::Message(stored.message, None));
         }
+        // Kept until settled, to go back to the queue if it is not acked.
+        let message = stored.message.clone();
         let tag = self.id();
         if let Some(c) = self.channels.get_mut(&channel) {
             c.unacked.insert(tag, (name, id, stored));
@@ -763,13 +806,16 @@ impl State {
                 "settling a delivery after its connection closed: it went back to its queue".into(),
             ));
         }
+        // At its prefetch, the subscription waits for this settle to take more.
+        let was_full = c.prefetch > 0 && c.unacked.len() >= usize::from(c.prefetch);
         let Some((queue, id, stored)) = c.unacked.remove(&tag) else {
             return Err(Error::Runtime(format!(
                 "unknown delivery tag {tag} (settled twice?) (PRECONDITION_FAILED)"
             )));
         };
-        // One fewer in flight: the subscription may take more.
-        self.dirty = true;
+        if was_full {
+            self.wake_channel(channel);
+        }
         match outcome {
             Outcome::Ack => {}
             Outcome::Requeue => self.requeue(&queue, id, stored),
@@ -797,12 +843,12 @@ impl State {
         else {
             return;
         };
-        self.dirty = true;
+        self.wake_channel(channel);
         let Some(queue) = self.queues.get_mut(&name).filter(|q| q.id == id) else {
             return;
         };
-        queue.consumers = queue.consumers.saturating_sub(1);
-        if queue.consumers == 0 && queue.options.auto_delete {
+        queue.consumers.retain(|c| *c != channel);
+        if queue.consumers.is_empty() && queue.options.auto_delete {
             self.delete_queue(&name);
         }
     }
@@ -833,7 +879,6 @@ impl State {
                 }
             }
         }
-        self.dirty = true;
     }
 
     /// Closes `connection`: its channels lose it, their unacked deliveries go back, and its
@@ -851,6 +896,8 @@ impl State {
             if let Some(c) = self.channels.get_mut(&channel) {
                 c.lost = true;
             }
+            // A waiting subscription learns it lost its connection.
+            self.wake_channel(channel);
         }
         let owned: Vec<String> = self
             .queues
@@ -861,7 +908,6 @@ impl State {
         for queue in owned {
             self.delete_queue(&queue);
         }
-        self.dirty = true;
     }
 
     /// Deletes a queue and its bindings (an auto-delete exchange left without bindings goes
@@ -873,16 +919,13 @@ impl State {
         }
         self.exchanges
             .retain(|_, e| !(e.auto_delete && e.bindings.is_empty()));
-        for channel in self.channels.values_mut() {
-            if channel
-                .consuming
-                .as_ref()
-                .is_some_and(|(q, id)| q == name && *id == queue.id)
-            {
-                channel.consuming = None;
+        for channel in &queue.consumers {
+            if let Some(c) = self.channels.get_mut(channel) {
+                c.consuming = None;
+                // A waiting subscription learns it was cancelled.
+                self.wake.push(c.wake.clone());
             }
         }
-        self.dirty = true;
         Some(queue.ready.len())
     }
 
@@ -1112,7 +1155,9 @@ impl Transport for Memory {
     fn publish<'a>(&'a self, message: Outgoing<'a>) -> BoxFuture<'a, Result<Confirm>> {
         async move {
             self.check_open()?;
-            let routed = self.node.with(|state| state.publish(&message))?;
+            let routed = self
+                .node
+                .with(|state| state.publish(self.connection, &message))?;
             let confirm: Confirm = if routed || !message.mandatory {
                 futures::future::ready(Ok(())).boxed()
             } else {
@@ -1130,13 +1175,14 @@ impl Transport for Memory {
     fn subscribe(&self, subscribe: Subscribe) -> BoxFuture<'_, Result<Box<dyn Subscription>>> {
         async move {
             self.check_open()?;
-            let channel = self
+            let (channel, wake) = self
                 .node
                 .with(|state| state.open_channel(self.connection, &subscribe))?;
             let subscription: Box<dyn Subscription> = Box::new(MemorySubscription {
                 node: self.node.clone(),
                 connection: self.connection,
                 channel,
+                wake,
                 subscribe,
             });
             Ok(subscription)
@@ -1201,6 +1247,9 @@ struct MemorySubscription {
     node: Arc<Node>,
     connection: u64,
     channel: u64,
+    /// Signalled when its channel may have a next step (a message, a settle that frees
+    /// prefetch, a cancel, a lost connection).
+    wake: Arc<Notify>,
     subscribe: Subscribe,
 }
 
@@ -1208,10 +1257,8 @@ impl Subscription for MemorySubscription {
     fn next(&mut self) -> BoxFuture<'_, Next> {
         async move {
             loop {
-                // Registered before looking, so a change made in between still wakes us.
-                let changed = self.node.changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
+                // A change made between this look and the wait leaves a permit: no wake-up
+                // is lost.
                 let taken = self.node.with(|state| state.take(self.channel));
                 match taken {
                     Some(Taken::Message(message, tag)) => {
@@ -1224,7 +1271,7 @@ impl Subscription for MemorySubscription {
                     }
                     Some(Taken::Lost) => return Next::Lost("the connection was closed".into()),
                     Some(Taken::Cancelled) => return Next::Cancelled,
-                    None => changed.await,
+                    None => self.wake.notified().await,
                 }
             }
         }
@@ -2097,5 +2144,51 @@ mod tests {
             broker_name("memory://t_unit_shared/"),
             Some("t_unit_shared")
         );
+    }
+
+    #[tokio::test]
+    async fn direct_reply_to_routes_replies_back_to_the_publishing_connection() {
+        let caller = Memory::isolated();
+        let server = caller.connect();
+        server.declare(&[queue("requests")]).await.unwrap();
+        let direct = "amq.rabbitmq.reply-to";
+        // Without a consumer of the pseudo-queue, such a publish is refused, as on RabbitMQ.
+        let asking = Properties::default().with_reply_to(direct);
+        let refused = send(&caller, "", "requests", "q", asking.clone(), true).await;
+        assert!(refused.is_err());
+        assert!(caller.subscribe(consume(direct, 0, false)).await.is_err());
+        let mut replies = caller.subscribe(consume(direct, 0, true)).await.unwrap();
+        assert!(caller.subscribe(consume(direct, 0, true)).await.is_err());
+        send(&caller, "", "requests", "q", asking, true)
+            .await
+            .unwrap();
+
+        let mut requests = server
+            .subscribe(consume("requests", 0, false))
+            .await
+            .unwrap();
+        let request = next(&mut requests).await;
+        let reply_to = request.message.properties.reply_to.clone().unwrap();
+        assert!(reply_to.starts_with("amq.rabbitmq.reply-to."), "{reply_to}");
+        assert!(crate::rpc::names::is_reply_queue(&reply_to));
+        for frame in ["one", "two"] {
+            send(&server, "", &reply_to, frame, Properties::default(), false)
+                .await
+                .unwrap();
+        }
+        request.ack().await.unwrap();
+        let (one, two) = (next(&mut replies).await, next(&mut replies).await);
+        assert_eq!((body(&one), body(&two)), ("one", "two"));
+        assert_eq!(one.message.routing_key, reply_to);
+        // The other connection has no direct consumer of its own.
+        let theirs = Properties::default().with_reply_to(direct);
+        assert!(send(&server, "", "requests", "q", theirs, true)
+            .await
+            .is_err());
+
+        // Gone with its consumer: a reply is then unroutable.
+        replies.close().await;
+        let late = send(&server, "", &reply_to, "late", Properties::default(), true).await;
+        assert!(matches!(late, Err(Error::Unroutable { .. })));
     }
 }

@@ -224,6 +224,13 @@ pub struct Outgoing<'a> {
 /// it (nack) or, for a mandatory message, no queue received it.
 pub type Confirm = BoxFuture<'static, Result<()>>;
 
+/// RabbitMQ's direct reply-to pseudo-queue. A subscription to it (`no_ack`, no topology)
+/// receives the replies to the messages its transport publishes with this `reply_to`: the
+/// broker rewrites it to a name of its own (`amq.rabbitmq.reply-to.<token>`) that routes back
+/// through the default exchange. A transport pairs the two as RabbitMQ does (the request goes
+/// out on the consumer's channel); one such subscription per transport.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
 /// What to consume, and the topology it needs.
 #[derive(Clone, Debug)]
 pub struct Subscribe {
