@@ -347,7 +347,7 @@ async fn serve(crates: Option<Vec<String>>) -> Result<()> {
     let mut signals = Signals::install()?;
     let config = Config::from_env()?;
     if let Some(dir) = std::env::var_os(MIGRATIONS_ENV) {
-        return migrate(&config, std::path::Path::new(&dir)).await;
+        return migrate(&config, std::path::Path::new(&dir), crates.as_deref()).await;
     }
     let linked = registry::services();
     if linked.is_empty() {
@@ -410,9 +410,13 @@ async fn serve(crates: Option<Vec<String>>) -> Result<()> {
 
 /// Migration mode (`farine migrate`): applies `dir` to the database of every service in this
 /// binary that has one, then returns.
-async fn migrate(config: &Config, dir: &std::path::Path) -> Result<()> {
+async fn migrate(config: &Config, dir: &std::path::Path, crates: Option<&[String]>) -> Result<()> {
     let mut migrated = 0;
-    for registration in registry::services() {
+    // The services `farine::main!` runs: not those of a crate linked for its client.
+    let ours = registry::services()
+        .into_iter()
+        .filter(|r| crates.is_none_or(|crates| crates.iter().any(|c| c == r.krate())));
+    for registration in ours {
         let settings = config.service(registration.name)?;
         let Some(db) = DbSettings::from_settings(&settings)? else {
             continue;
