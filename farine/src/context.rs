@@ -26,6 +26,8 @@ pub struct ServiceContext {
     client: tokio::sync::OnceCell<Client>,
     /// Streaming calls in progress, by correlation id, so a caller can cancel one.
     pub(crate) streams: Streams,
+    /// What runs around each delivery its entry points handle.
+    pub(crate) middleware: crate::middleware::Chain,
 }
 
 impl std::fmt::Debug for ServiceContext {
@@ -42,6 +44,7 @@ impl ServiceContext {
         settings: Arc<ServiceConfig>,
         config: Arc<Config>,
         db: Option<Arc<Database>>,
+        middleware: crate::middleware::Chain,
     ) -> Self {
         ServiceContext {
             broker,
@@ -50,6 +53,7 @@ impl ServiceContext {
             db,
             client: tokio::sync::OnceCell::new(),
             streams: Streams::default(),
+            middleware,
         }
     }
 
@@ -276,7 +280,13 @@ pub(crate) async fn service(name: &str) -> Result<Arc<ServiceContext>> {
     };
     let broker = Broker::shared(&settings).await?;
     let db = known.as_ref().and_then(|context| context.db.clone());
-    let context = Arc::new(ServiceContext::new(broker, settings, config, db));
+    let context = Arc::new(ServiceContext::new(
+        broker,
+        settings,
+        config,
+        db,
+        Default::default(),
+    ));
     register(name, context.clone());
     Ok(context)
 }

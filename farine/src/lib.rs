@@ -67,6 +67,7 @@ pub mod dlq;
 mod entry;
 mod error;
 pub mod execute;
+pub mod middleware;
 mod observe;
 mod outcome;
 mod registry;

@@ -35,20 +35,24 @@ fn channel() -> &'static broadcast::Sender<Handled> {
     SENDER.get_or_init(|| broadcast::channel(1024).0)
 }
 
+/// The public form of an outcome.
+pub(crate) fn handling(outcome: &Outcome) -> Handling {
+    match outcome {
+        Outcome::Done => Handling::Done,
+        Outcome::Failed(reason) => Handling::Failed(reason.clone()),
+        Outcome::Poison(reason) => Handling::Poison(reason.clone()),
+    }
+}
+
 /// Tells the listeners, if any, that `entry_point` (on `broker`) finished a delivery.
-pub(crate) fn handled(broker: &AmqpUri, entry_point: &str, outcome: &Outcome) {
+pub(crate) fn handled(broker: &AmqpUri, entry_point: &str, outcome: &Handling) {
     let sender = channel();
     if sender.receiver_count() == 0 {
         return;
     }
-    let outcome = match outcome {
-        Outcome::Done => Handling::Done,
-        Outcome::Failed(reason) => Handling::Failed(reason.clone()),
-        Outcome::Poison(reason) => Handling::Poison(reason.clone()),
-    };
     let _ = sender.send(Handled {
         entry_point: entry_point.to_string(),
-        outcome,
+        outcome: outcome.clone(),
         broker: broker.to_string(),
     });
 }

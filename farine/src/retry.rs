@@ -15,6 +15,7 @@ use crate::backoff::Backoff;
 use crate::broker::Broker;
 use crate::clip::clip;
 use crate::config::ServiceConfig;
+use crate::middleware::Disposition;
 use crate::transport::{Declaration, HeaderValue, Headers, Message, Properties, QueueOptions};
 use crate::Result;
 use std::time::Duration;
@@ -226,11 +227,13 @@ pub(crate) async fn retry_or_dead_letter(
     delivery: &Message,
     reason: &str,
     policy: &RetryPolicy,
-) -> Result<()> {
+) -> Result<Disposition> {
     let origin = Origin::of(delivery, queue);
     let done = origin.attempts;
     if done >= policy.attempts {
-        return dead_letter(broker, queue, delivery, reason, done + 1).await;
+        return dead_letter(broker, queue, delivery, reason, done + 1)
+            .await
+            .map(|()| Disposition::DeadLettered);
     }
     let reason = clip(reason);
     let delay_ms = policy.delay_ms(done);
@@ -258,6 +261,7 @@ pub(crate) async fn retry_or_dead_letter(
             true,
         )
         .await
+        .map(|()| Disposition::Retried)
 }
 
 /// Parks a delivery in `<queue>.dlq` with why, how many attempts, where it came from and when.

@@ -7,6 +7,7 @@ use crate::config::{Config, ServiceConfig};
 use crate::context::{self, ServiceContext};
 use crate::db::{Database, DbSettings};
 use crate::entry;
+use crate::middleware::{Chain, Middleware};
 use crate::registry::{self, ServiceRegistration};
 use crate::{Error, Result};
 use std::process::ExitCode;
@@ -45,6 +46,8 @@ pub struct Runtime {
     /// `farine::main!`'s crates: services linked in from any other crate (a dependency used
     /// for its typed client) are not run.
     crates: Option<Vec<String>>,
+    /// Middleware, outermost first, with the service it is for (`None`: every service).
+    middleware: Vec<(Option<String>, Arc<dyn Middleware>)>,
 }
 
 /// Services that are started: stop them with [`Running::shutdown`].
@@ -66,6 +69,7 @@ impl Runtime {
             config,
             only: None,
             crates: None,
+            middleware: Vec::new(),
         }
     }
 
@@ -77,6 +81,35 @@ impl Runtime {
     {
         self.only = Some(names.into_iter().map(Into::into).collect());
         self
+    }
+
+    /// Runs `middleware` around every delivery that every service of this runtime handles
+    /// (see [`crate::middleware`]); the first added is the outermost.
+    pub fn middleware(self, middleware: impl Middleware) -> Self {
+        self.shared_middleware(Arc::new(middleware))
+    }
+
+    pub(crate) fn shared_middleware(mut self, middleware: Arc<dyn Middleware>) -> Self {
+        self.middleware.push((None, middleware));
+        self
+    }
+
+    /// Runs `middleware` around every delivery that the service `service` handles.
+    pub fn service_middleware(mut self, service: &str, middleware: impl Middleware) -> Self {
+        self.middleware
+            .push((Some(service.to_string()), Arc::new(middleware)));
+        self
+    }
+
+    /// The middleware of one service, outermost first.
+    fn chain_for(&self, service: &str) -> Chain {
+        Chain::new(
+            self.middleware
+                .iter()
+                .filter(|(only, _)| only.as_deref().is_none_or(|only| only == service))
+                .map(|(_, middleware)| middleware.clone())
+                .collect(),
+        )
     }
 
     /// Reads and checks every service's settings, connects, declares the topology and
@@ -137,6 +170,7 @@ impl Runtime {
                 settings.clone(),
                 config.clone(),
                 db,
+                self.chain_for(def.name),
             ));
             context::register(def.name, service.clone());
             for publisher in &def.publishers {

@@ -64,6 +64,7 @@ pub use crate::observe::{Handled, Handling};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::dlq::{self, DeadLetter};
+use crate::middleware::Middleware;
 use crate::transport::{Next, Properties, Subscription};
 use crate::{Client, Error, Result, Running, Runtime};
 use serde::Serialize;
@@ -87,6 +88,7 @@ pub struct Builder {
     uri: String,
     services: Vec<String>,
     sections: Vec<(String, String, String)>,
+    middleware: Vec<Arc<dyn Middleware>>,
 }
 
 impl TestKit {
@@ -193,12 +195,20 @@ impl Builder {
             uri,
             services: Vec::new(),
             sections: Vec::new(),
+            middleware: Vec::new(),
         }
     }
 
     /// Starts this service (by its name); every service linked in when none is named.
     pub fn service(mut self, name: &str) -> Builder {
         self.services.push(name.to_string());
+        self
+    }
+
+    /// Runs `middleware` around every delivery the services handle (see
+    /// [`crate::middleware`]), as `Runtime::middleware` does.
+    pub fn middleware(mut self, middleware: impl Middleware) -> Builder {
+        self.middleware.push(Arc::new(middleware));
         self
     }
 
@@ -234,6 +244,9 @@ impl Builder {
         let mut runtime = Runtime::new(config.clone());
         if !self.services.is_empty() {
             runtime = runtime.only(self.services);
+        }
+        for middleware in self.middleware {
+            runtime = runtime.shared_middleware(middleware);
         }
         let running = runtime.start().await?;
         let settings = config.service("farine-test-kit")?;

@@ -7,7 +7,9 @@ use super::EntryPoint;
 use crate::broker::Broker;
 use crate::config::{ExchangeKind, ServiceConfig};
 use crate::context::ServiceContext;
+use crate::middleware::{Call, Disposition, EntryKind, Handled};
 use crate::outcome::{guard_outcome, HandlerResult, Outcome};
+use crate::retry::Origin;
 use crate::retry::{self, RetryPolicy};
 use crate::transport::{Delivery, Subscribe};
 use crate::{Error, Result};
@@ -15,6 +17,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -181,8 +184,47 @@ impl EntryPoint for Attached {
     }
 }
 
-/// Runs the handler for one delivery and settles it with the broker.
+/// Handles one delivery through the service's middleware, if any.
 async fn handle(shared: Arc<Shared>, delivery: Delivery) {
+    let chain = &shared.context.middleware;
+    let handled = if chain.is_empty() {
+        settle_one(&shared, &delivery).await
+    } else {
+        let message = &delivery.message;
+        let call = Call {
+            service: &shared.context.settings.name,
+            entry_point: &shared.label,
+            kind: EntryKind::Consume,
+            queue: &shared.queue,
+            exchange: &message.exchange,
+            routing_key: &message.routing_key,
+            correlation_id: message.properties.correlation_id.as_deref(),
+            headers: &message.properties.headers,
+            attempt: Origin::of(message, &shared.queue).attempts + 1,
+        };
+        let ran = AtomicBool::new(false);
+        let handling = async {
+            ran.store(true, Ordering::Relaxed);
+            settle_one(&shared, &delivery).await
+        };
+        let handled = chain.run(&call, handling.boxed()).await;
+        if !ran.load(Ordering::Relaxed) {
+            // A middleware answered without handling it: the broker delivers it again.
+            if let Err(err) = delivery.nack(true).await {
+                tracing::warn!(queue = %shared.queue, "could not requeue the message: {err}");
+            }
+        }
+        handled
+    };
+    crate::observe::handled(
+        &shared.context.settings.amqp_uri,
+        &shared.label,
+        &handled.outcome,
+    );
+}
+
+/// Runs the handler for one delivery and settles it with the broker.
+async fn settle_one(shared: &Shared, delivery: &Delivery) -> Handled {
     let queue = shared.queue.as_str();
     let message = &delivery.message;
     let outcome = if message.body.len() > shared.max_message_bytes {
@@ -196,25 +238,27 @@ async fn handle(shared: Arc<Shared>, delivery: Delivery) {
         crate::context::scope(shared.context.clone(), call).await
     };
     let settled = match &outcome {
-        Outcome::Done => Ok(()),
+        Outcome::Done => Ok(Disposition::Acked),
         Outcome::Failed(reason) => {
             retry::retry_or_dead_letter(&shared.broker, queue, message, reason, &shared.policy)
                 .await
         }
         Outcome::Poison(reason) => {
             tracing::warn!(queue, "undecodable message: {reason}");
-            retry::dead_letter(&shared.broker, queue, message, reason, 1).await
+            retry::dead_letter(&shared.broker, queue, message, reason, 1)
+                .await
+                .map(|()| Disposition::DeadLettered)
         }
     };
-    let acked = match settled {
-        Ok(()) => delivery.ack().await,
+    let (acked, disposition) = match settled {
+        Ok(disposition) => (delivery.ack().await, disposition),
         Err(err) => {
             // Keep the message: back to the queue rather than lost.
             tracing::error!(
                 queue,
                 "could not retry or dead-letter the message, requeueing it: {err}"
             );
-            delivery.nack(true).await
+            (delivery.nack(true).await, Disposition::Requeued)
         }
     };
     if let Err(err) = acked {
@@ -223,5 +267,5 @@ async fn handle(shared: Arc<Shared>, delivery: Delivery) {
             "could not settle the message (it will be redelivered): {err}"
         );
     }
-    crate::observe::handled(&shared.context.settings.amqp_uri, &shared.label, &outcome);
+    Handled::new(crate::observe::handling(&outcome), disposition)
 }

@@ -8,11 +8,14 @@ use crate::broker::Broker;
 use crate::clip::clip;
 use crate::config::ServiceConfig;
 use crate::context::{ServiceContext, StreamControl};
+use crate::middleware::{Call as CallInfo, Disposition, EntryKind, Handled};
+use crate::observe::Handling;
 use crate::rpc::args::Args;
 use crate::rpc::frame::{self, kind, ErrorInfo, Frame};
 use crate::rpc::names::{
     cancel_key, credit_key, is_reply_queue, queue_name, Cancel, Credit, CREDIT_HEADER,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
 pub(crate) mod handler;
 pub(crate) mod reply;
 use super::EntryPoint;
@@ -80,6 +83,8 @@ struct Shared {
     context: Arc<ServiceContext>,
     service: &'static str,
     queue: String,
+    /// `service.method`.
+    label: String,
 }
 
 pub(crate) async fn attach(
@@ -125,6 +130,7 @@ pub(crate) async fn attach(
             context,
             service,
             queue,
+            label,
         }),
     })
 }
@@ -205,27 +211,62 @@ impl Replier<'_> {
     }
 }
 
-/// Answers one request.
+/// Answers one request, through the service's middleware if any.
 async fn serve(
     shared: Arc<Shared>,
     delivery: Delivery,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let label = format!("{}.{}", shared.service, shared.attr.method);
+    let chain = &shared.context.middleware;
+    let handled = if chain.is_empty() {
+        answer(&shared, &delivery, &shutdown, grace).await
+    } else {
+        let message = &delivery.message;
+        let call = CallInfo {
+            service: shared.service,
+            entry_point: &shared.label,
+            kind: EntryKind::Rpc,
+            queue: &shared.queue,
+            exchange: &message.exchange,
+            routing_key: &message.routing_key,
+            correlation_id: message.properties.correlation_id.as_deref(),
+            headers: &message.properties.headers,
+            attempt: 1,
+        };
+        let ran = AtomicBool::new(false);
+        let handling = async {
+            ran.store(true, Ordering::Relaxed);
+            answer(&shared, &delivery, &shutdown, grace).await
+        };
+        let handled = chain.run(&call, handling.boxed()).await;
+        if !ran.load(Ordering::Relaxed) {
+            // A middleware answered without handling it: the broker delivers it again.
+            settle(&delivery, false).await;
+        }
+        handled
+    };
+    crate::observe::handled(
+        &shared.context.settings.amqp_uri,
+        &shared.label,
+        &handled.outcome,
+    );
+}
+
+/// Answers one request and settles it.
+async fn answer(
+    shared: &Shared,
+    delivery: &Delivery,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> Handled {
+    let label = &shared.label;
     let broker = &shared.context.broker;
     let request = &delivery.message;
     let Some(reply_to) = request.properties.reply_to.clone() else {
         let reason = format!("{label}: request without reply_to: nobody to answer");
         tracing::error!(queue = %shared.queue, "{reason}");
-        let parked = retry::dead_letter(broker, &shared.queue, request, &reason, 1).await;
-        settle(&delivery, parked.is_ok()).await;
-        crate::observe::handled(
-            &shared.context.settings.amqp_uri,
-            &label,
-            &Outcome::Poison(reason),
-        );
-        return;
+        return park(shared, delivery, reason).await;
     };
     if !is_reply_queue(&reply_to) {
         let reason = format!(
@@ -233,14 +274,7 @@ async fn serve(
              farine.reply.<32 hex digits> or <32 hex digits>): refusing to publish into it",
             clip(&reply_to)
         );
-        let parked = retry::dead_letter(broker, &shared.queue, request, &reason, 1).await;
-        settle(&delivery, parked.is_ok()).await;
-        crate::observe::handled(
-            &shared.context.settings.amqp_uri,
-            &label,
-            &Outcome::Poison(reason),
-        );
-        return;
+        return park(shared, delivery, reason).await;
     }
     let correlation_id = request
         .properties
@@ -283,7 +317,7 @@ async fn serve(
             Call::Unary(future) => {
                 let reply = guard(crate::context::scope(shared.context.clone(), future))
                     .await
-                    .unwrap_or_else(|panic| Frame::Error(panicked(&label, &panic)).into());
+                    .unwrap_or_else(|panic| Frame::Error(panicked(label, &panic)).into());
                 match reply.frame {
                     Frame::Item(mut bytes) => {
                         let events = shared
@@ -299,7 +333,7 @@ async fn serve(
                         if let (Some(exchange), Some(events)) = (shared.attr.broadcast, events) {
                             // After the commit (inside the method's future) and the reply.
                             replier.settle_all().await?;
-                            broadcast(broker, &label, exchange, &events).await;
+                            broadcast(broker, label, exchange, &events).await;
                         }
                         Ok(())
                     }
@@ -315,11 +349,11 @@ async fn serve(
                         .streams
                         .register(&correlation_id, &reply_to, credit(request));
                 let limits = Limits {
-                    shutdown: &shutdown,
+                    shutdown,
                     grace,
                     credit_wait: shared.context.settings.rpc_timeout,
                 };
-                let result = stream_frames(&label, stream, &mut replier, &control, limits).await;
+                let result = stream_frames(label, stream, &mut replier, &control, limits).await;
                 shared.context.streams.remove(&correlation_id, &reply_to);
                 result
             }
@@ -334,20 +368,44 @@ async fn serve(
         Ok(()) => replier.failed.take().unwrap_or(Outcome::Done),
         Err(err) => Outcome::Failed(format!("could not reply: {err}")),
     };
-    match outcome {
-        Ok(()) => settle(&delivery, true).await,
+    let acked = match outcome {
+        Ok(()) => true,
         Err(Error::Unroutable { .. }) => {
             // The caller's reply queue is gone: nobody is waiting any more.
             tracing::info!(call = %label, reply_to = %reply_to, "caller gone, reply dropped");
-            settle(&delivery, true).await;
+            true
         }
         Err(err) => {
             tracing::error!(call = %label, "could not reply: {err}");
             // Nothing reached the caller yet: let the call be served again.
-            settle(&delivery, replier.sent > 0).await;
+            replier.sent > 0
         }
-    }
-    crate::observe::handled(&shared.context.settings.amqp_uri, &label, &observed);
+    };
+    settle(delivery, acked).await;
+    let disposition = match acked {
+        true => Disposition::Acked,
+        false => Disposition::Requeued,
+    };
+    Handled::new(crate::observe::handling(&observed), disposition)
+}
+
+/// Parks a request nobody can be answered for (no or a forged reply address).
+async fn park(shared: &Shared, delivery: &Delivery, reason: String) -> Handled {
+    let parked = retry::dead_letter(
+        &shared.context.broker,
+        &shared.queue,
+        &delivery.message,
+        &reason,
+        1,
+    )
+    .await
+    .is_ok();
+    settle(delivery, parked).await;
+    let disposition = match parked {
+        true => Disposition::DeadLettered,
+        false => Disposition::Requeued,
+    };
+    Handled::new(Handling::Poison(reason), disposition)
 }
 
 /// Whether the caller reads a unary result as one frame (it said so in a header).

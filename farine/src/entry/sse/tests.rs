@@ -1071,5 +1071,6 @@ pub(crate) async fn test_context(service: &str) -> Arc<ServiceContext> {
         settings,
         Arc::new(config),
         None,
+        Default::default(),
     ))
 }
