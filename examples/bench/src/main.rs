@@ -230,6 +230,8 @@ struct Tally {
     time: Duration,
     client_cpu: f64,
     service_cpu: f64,
+    /// RabbitMQ's, when its `beam.smp` runs on this machine (0 otherwise).
+    broker_cpu: f64,
 }
 
 impl Tally {
@@ -241,6 +243,7 @@ impl Tally {
         self.time += turn.time;
         self.client_cpu += turn.client_cpu;
         self.service_cpu += turn.service_cpu;
+        self.broker_cpu += turn.broker_cpu;
     }
 
     fn rate(&self) -> f64 {
@@ -250,12 +253,13 @@ impl Tally {
     fn describe(&self) -> String {
         let per_op = |cpu: f64| cpu * 1e6 / (self.count.max(1) as f64);
         format!(
-            "{} in {:.2?} = {:.0}/s, CPU per operation: client {:.0}us, service {:.0}us",
+            "{} in {:.2?} = {:.0}/s, CPU per operation: client {:.0}us, service {:.0}us, broker {:.0}us",
             self.count,
             self.time,
             self.rate(),
             per_op(self.client_cpu),
-            per_op(self.service_cpu)
+            per_op(self.service_cpu),
+            per_op(self.broker_cpu)
         )
     }
 }
@@ -283,14 +287,18 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 /// Runs one turn against the service process `service`, with its CPU accounting.
 async fn measured(service: u32, turn: impl Future<Output = Res<(u64, Duration)>>) -> Res<Tally> {
+    static BROKER: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    let broker = *BROKER.get_or_init(slow::rabbit_pid);
+    let broker_cpu = || broker.map_or(0.0, cpu_seconds);
     let me = std::process::id();
-    let (client, server) = (cpu_seconds(me), cpu_seconds(service));
+    let (client, server, rabbit) = (cpu_seconds(me), cpu_seconds(service), broker_cpu());
     let (count, time) = turn.await?;
     Ok(Tally {
         count,
         time,
         client_cpu: cpu_seconds(me) - client,
         service_cpu: cpu_seconds(service) - server,
+        broker_cpu: broker_cpu() - rabbit,
     })
 }
 

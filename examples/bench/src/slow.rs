@@ -104,7 +104,7 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 }
 
 /// RabbitMQ's Erlang VM, if it runs on this machine and we may look at it.
-fn rabbit_pid() -> Option<u32> {
+pub fn rabbit_pid() -> Option<u32> {
     std::fs::read_dir("/proc")
         .ok()?
         .flatten()
