@@ -7,6 +7,13 @@
 //! replies are an item frame and an end frame through the default exchange, confirmed (not
 //! mandatory: see `publish_reply`); a request is acked after its replies were confirmed. Durability, delivery mode, prefetch and
 //! timeout come from the same configuration section as the farine side.
+//!
+//! Next to it, the **minimal** baseline of BENCH.md (`Flavor::Minimal`): what RabbitMQ can do
+//! for the same work with nothing extra. Transient messages, a non-durable auto-delete queue,
+//! no publisher confirms on requests or replies, one reply frame `{"body": x}` per call
+//! (a stream: its items, then the end frame), replies consumed with `no_ack` on direct
+//! reply-to, the server's one channel at prefetch 256 with a task per delivery; events
+//! published with confirms awaited in batches of 1024 and consumed at prefetch 512.
 
 use crate::{counter, Res};
 use futures::{StreamExt, TryStreamExt};
@@ -30,10 +37,26 @@ pub const ADD_QUEUE: &str = "bench_lapin__add";
 pub const COUNT_QUEUE: &str = "bench_lapin__count";
 pub const EVENTS_EXCHANGE: &str = "bench_lapin_events";
 pub const EVENTS_QUEUE: &str = "bench_lapin_events";
+pub const MIN_RPC_EXCHANGE: &str = "bench_minimal";
+pub const MIN_ADD_QUEUE: &str = "bench_minimal__add";
+pub const MIN_COUNT_QUEUE: &str = "bench_minimal__count";
+pub const MIN_EVENTS_EXCHANGE: &str = "bench_minimal_events";
+pub const MIN_EVENTS_QUEUE: &str = "bench_minimal_events";
+/// The minimal server's prefetch, its events consumer's, and its publisher's confirm batch.
+const MIN_RPC_PREFETCH: u16 = 256;
+const MIN_EVENTS_PREFETCH: u16 = 512;
+const MIN_CONFIRM_BATCH: usize = 1024;
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// Unconfirmed reply frames a stream may have in flight (farine's window too).
 const CONFIRM_WINDOW: usize = 256;
 const END: &[u8] = br#"{"__end__": true}"#;
+
+/// Which lapin baseline: the same guarantees as farine, or the broker's limit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Flavor {
+    Same,
+    Minimal,
+}
 
 /// The settings both sides share, from the farine section of the service they stand for.
 #[derive(Clone, Debug)]
@@ -98,6 +121,38 @@ async fn declare(channel: &Channel, exchange: &str, queue: &str, durable: bool) 
     Ok(())
 }
 
+/// The minimal topology: a non-durable direct exchange and a non-durable auto-delete queue.
+async fn declare_minimal(channel: &Channel, exchange: &str, queue: &str) -> Res<()> {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            queue.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
 fn mandatory() -> BasicPublishOptions {
     BasicPublishOptions {
         mandatory: true,
@@ -131,6 +186,11 @@ struct FrameIn<T> {
     end: Option<bool>,
     #[serde(default, rename = "__except__")]
     except: Option<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct BodyOut<T> {
+    body: T,
 }
 
 #[derive(Serialize)]
@@ -275,13 +335,98 @@ async fn settle_reply(confirm: Option<PublisherConfirm>) -> Res<()> {
     }
 }
 
+/// The minimal RPC server: queues `bench_minimal__add` and `bench_minimal__count` consumed
+/// on one channel at prefetch 256, a task per delivery that publishes its reply frames
+/// (transient, unconfirmed) on that channel and acks.
+pub async fn minimal_rpc_server(settings: &Settings) -> Res<Connection> {
+    let connection = connect(settings, "minimal rpc server").await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(MIN_RPC_PREFETCH, BasicQosOptions::default())
+        .await?;
+    for queue in [MIN_ADD_QUEUE, MIN_COUNT_QUEUE] {
+        declare_minimal(&channel, MIN_RPC_EXCHANGE, queue).await?;
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let channel = channel.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let channel = channel.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = answer_minimal(&channel, queue, &delivery).await {
+                        eprintln!("minimal rpc server: {err}");
+                    }
+                    if let Err(err) = delivery.ack(BasicAckOptions::default()).await {
+                        eprintln!("minimal rpc server: ack: {err}");
+                    }
+                });
+            }
+        });
+    }
+    Ok(connection)
+}
+
+async fn answer_minimal(
+    channel: &Channel,
+    queue: &str,
+    delivery: &lapin::message::Delivery,
+) -> Res<()> {
+    let reply_to = delivery
+        .properties
+        .reply_to()
+        .clone()
+        .ok_or("request without reply_to")?;
+    let mut properties = json_properties().with_delivery_mode(1);
+    if let Some(id) = delivery.properties.correlation_id() {
+        properties = properties.with_correlation_id(id.clone());
+    }
+    let send = |body: Vec<u8>| {
+        let (reply_to, properties) = (reply_to.clone(), properties.clone());
+        async move {
+            channel
+                .basic_publish(
+                    "".into(),
+                    reply_to,
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await
+        }
+    };
+    if queue == MIN_ADD_QUEUE {
+        let Args { args: (a, b) } = serde_json::from_slice::<Args<(i64, i64)>>(&delivery.data)?;
+        send(serde_json::to_vec(&BodyOut {
+            body: a.wrapping_add(b),
+        })?)
+        .await?;
+    } else {
+        let Args { args: (n,) } = serde_json::from_slice::<Args<(u32,)>>(&delivery.data)?;
+        for i in 0..n {
+            send(serde_json::to_vec(&BodyOut { body: i })?).await?;
+        }
+        send(END.to_vec()).await?;
+    }
+    Ok(())
+}
+
 // ------------------------------------------------------------------ RPC client
 
 type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Vec<u8>>>>>;
 
-/// An RPC caller on direct reply-to: one connection, one confirm-mode channel that both
-/// publishes the requests and consumes `amq.rabbitmq.reply-to`.
+/// An RPC caller on direct reply-to: one connection, one channel that both publishes the
+/// requests and consumes `amq.rabbitmq.reply-to` (`no_ack`). `Flavor::Same`: the channel is
+/// in confirm mode, requests are mandatory, carry the configured delivery mode and an
+/// expiration, and a call awaits its request's confirm and its reply within the timeout.
+/// `Flavor::Minimal`: transient requests, no confirms, no expiration, no timer.
 pub struct RpcClient {
+    flavor: Flavor,
     connection: Connection,
     channel: Channel,
     pending: Pending,
@@ -291,12 +436,18 @@ pub struct RpcClient {
 }
 
 impl RpcClient {
-    pub async fn connect(settings: &Settings) -> Res<RpcClient> {
-        let connection = connect(settings, "rpc client").await?;
+    pub async fn connect(settings: &Settings, flavor: Flavor) -> Res<RpcClient> {
+        let role = match flavor {
+            Flavor::Same => "rpc client",
+            Flavor::Minimal => "minimal rpc client",
+        };
+        let connection = connect(settings, role).await?;
         let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        if flavor == Flavor::Same {
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+        }
         let mut consumer = channel
             .basic_consume(
                 DIRECT_REPLY_TO.into(),
@@ -326,6 +477,7 @@ impl RpcClient {
             }
         });
         Ok(RpcClient {
+            flavor,
             connection,
             channel,
             pending,
@@ -335,12 +487,18 @@ impl RpcClient {
         })
     }
 
-    /// Publishes a request; its frames arrive on the receiver.
+    /// Publishes a request to method `add` or `count`; its frames arrive on the receiver.
     async fn request<A: Serialize>(
         &self,
-        routing_key: &str,
+        method: &str,
         args: A,
     ) -> Res<(Call<'_>, PublisherConfirm)> {
+        let (exchange, routing_key) = match (self.flavor, method) {
+            (Flavor::Same, "add") => (RPC_EXCHANGE, ADD_QUEUE),
+            (Flavor::Same, _) => (RPC_EXCHANGE, COUNT_QUEUE),
+            (Flavor::Minimal, "add") => (MIN_RPC_EXCHANGE, MIN_ADD_QUEUE),
+            (Flavor::Minimal, _) => (MIN_RPC_EXCHANGE, MIN_COUNT_QUEUE),
+        };
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let body = serde_json::to_vec(&Request {
             args,
@@ -354,16 +512,26 @@ impl RpcClient {
             receiver,
         };
         let properties = json_properties()
-            .with_delivery_mode(self.settings.delivery_mode)
             .with_correlation_id(id.to_string().into())
-            .with_reply_to(DIRECT_REPLY_TO.into())
-            .with_expiration(self.expiration.clone());
+            .with_reply_to(DIRECT_REPLY_TO.into());
+        let (properties, options) = match self.flavor {
+            Flavor::Same => (
+                properties
+                    .with_delivery_mode(self.settings.delivery_mode)
+                    .with_expiration(self.expiration.clone()),
+                mandatory(),
+            ),
+            Flavor::Minimal => (
+                properties.with_delivery_mode(1),
+                BasicPublishOptions::default(),
+            ),
+        };
         let confirm = self
             .channel
             .basic_publish(
-                RPC_EXCHANGE.into(),
+                exchange.into(),
                 routing_key.into(),
-                mandatory(),
+                options,
                 &body,
                 properties,
             )
@@ -374,7 +542,11 @@ impl RpcClient {
     /// `add(a, b)`: done when the request is confirmed and the item frame arrived (both
     /// awaited together).
     pub async fn add(&self, a: i64, b: i64) -> Res<i64> {
-        let (mut call, confirm) = self.request(ADD_QUEUE, (a, b)).await?;
+        let (mut call, confirm) = self.request("add", (a, b)).await?;
+        if self.flavor == Flavor::Minimal {
+            let frame = call.frame::<i64>().await?;
+            return frame.body.ok_or_else(|| "a reply without body".into());
+        }
         let reply = async {
             let frame = call.frame::<i64>().await?;
             frame.body.ok_or_else(|| "a reply without body".into())
@@ -390,7 +562,7 @@ impl RpcClient {
 
     /// `count(n)`, read to its end frame (within the RPC timeout): the number of items.
     pub async fn count(&self, n: u32) -> Res<u64> {
-        let (mut call, confirm) = self.request(COUNT_QUEUE, (n,)).await?;
+        let (mut call, confirm) = self.request("count", (n,)).await?;
         let items = async {
             let mut items = 0u64;
             loop {
@@ -401,6 +573,9 @@ impl RpcClient {
                 items += 1;
             }
         };
+        if self.flavor == Flavor::Minimal {
+            return items.await;
+        }
         let (confirmed, items) = tokio::time::timeout(self.settings.timeout, async {
             tokio::join!(confirm, items)
         })
@@ -443,16 +618,29 @@ impl Drop for Call<'_> {
 
 /// The events consumer: queue `bench_lapin_events`, prefetch set, a task per delivery that
 /// decodes, acks, and counts.
-pub async fn events_consumer(settings: &Settings) -> Res<Connection> {
+/// `Flavor::Minimal`: queue `bench_minimal_events` (non-durable, auto-delete), prefetch 512.
+pub async fn events_consumer(settings: &Settings, flavor: Flavor) -> Res<Connection> {
     let connection = connect(settings, "events consumer").await?;
     let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(settings.prefetch, BasicQosOptions::default())
-        .await?;
-    declare(&channel, EVENTS_EXCHANGE, EVENTS_QUEUE, settings.durable).await?;
+    let queue = match flavor {
+        Flavor::Same => {
+            channel
+                .basic_qos(settings.prefetch, BasicQosOptions::default())
+                .await?;
+            declare(&channel, EVENTS_EXCHANGE, EVENTS_QUEUE, settings.durable).await?;
+            EVENTS_QUEUE
+        }
+        Flavor::Minimal => {
+            channel
+                .basic_qos(MIN_EVENTS_PREFETCH, BasicQosOptions::default())
+                .await?;
+            declare_minimal(&channel, MIN_EVENTS_EXCHANGE, MIN_EVENTS_QUEUE).await?;
+            MIN_EVENTS_QUEUE
+        }
+    };
     let mut consumer = channel
         .basic_consume(
-            EVENTS_QUEUE.into(),
+            queue.into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -481,29 +669,58 @@ pub async fn events_consumer(settings: &Settings) -> Res<Connection> {
     Ok(connection)
 }
 
-/// The events publisher: one connection, a confirm-mode channel, `window` messages in flight.
+/// The events publisher: one connection, a confirm-mode channel. `Flavor::Same`: mandatory,
+/// `window` messages in flight, each confirm checked. `Flavor::Minimal`: transient, not
+/// mandatory, confirms awaited in batches of 1024.
 pub struct EventsPublisher {
+    flavor: Flavor,
     connection: Connection,
     channel: Channel,
-    delivery_mode: u8,
 }
 
 impl EventsPublisher {
-    pub async fn connect(settings: &Settings) -> Res<EventsPublisher> {
+    pub async fn connect(settings: &Settings, flavor: Flavor) -> Res<EventsPublisher> {
         let connection = connect(settings, "events publisher").await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         Ok(EventsPublisher {
+            flavor,
             connection,
             channel,
-            delivery_mode: settings.delivery_mode,
         })
     }
 
-    /// Publishes `{"n": i}` for each i in `range`, each confirmed.
-    pub async fn publish(&self, range: std::ops::Range<u64>, window: usize) -> Res<()> {
+    /// Publishes `{"n": i}` for each i in `range` with `delivery_mode` (the minimal flavor:
+    /// always 1), each confirmed.
+    pub async fn publish(
+        &self,
+        range: std::ops::Range<u64>,
+        window: usize,
+        delivery_mode: u8,
+    ) -> Res<()> {
+        if self.flavor == Flavor::Minimal {
+            let mut confirms = Vec::with_capacity(MIN_CONFIRM_BATCH);
+            for n in range {
+                let body = serde_json::to_vec(&Event { n })?;
+                confirms.push(
+                    self.channel
+                        .basic_publish(
+                            MIN_EVENTS_EXCHANGE.into(),
+                            MIN_EVENTS_QUEUE.into(),
+                            BasicPublishOptions::default(),
+                            &body,
+                            json_properties().with_delivery_mode(1),
+                        )
+                        .await?,
+                );
+                if confirms.len() == MIN_CONFIRM_BATCH {
+                    settle_batch(&mut confirms).await?;
+                }
+            }
+            return settle_batch(&mut confirms).await;
+        }
         futures::stream::iter(range)
             .map(|n| async move {
                 let body = serde_json::to_vec(&Event { n })?;
@@ -514,7 +731,7 @@ impl EventsPublisher {
                         EVENTS_QUEUE.into(),
                         mandatory(),
                         &body,
-                        json_properties().with_delivery_mode(self.delivery_mode),
+                        json_properties().with_delivery_mode(delivery_mode),
                     )
                     .await?;
                 check(confirm.await?)
@@ -527,4 +744,12 @@ impl EventsPublisher {
     pub async fn close(&self) {
         let _ = self.connection.close(200, "OK".into()).await;
     }
+}
+
+/// Awaits a batch of publisher confirms.
+async fn settle_batch(confirms: &mut Vec<PublisherConfirm>) -> Res<()> {
+    for confirmation in futures::future::try_join_all(confirms.drain(..)).await? {
+        check(confirmation)?;
+    }
+    Ok(())
 }

@@ -3,8 +3,9 @@
 //! - `farine-calc`: the `calc` service as `farine --start calc` runs it (`farine::Runtime`).
 //! - `farine-events`: the `bench_events` service.
 //! - `farine-db`: the `bench_db` service (PostgreSQL).
-//! - `lapin-rpc`: the bare-lapin RPC server.
-//! - `lapin-events`: the bare-lapin events consumer.
+//! - `lapin-rpc`: the same-guarantee bare-lapin RPC server.
+//! - `lapin-events`: the same-guarantee bare-lapin events consumer.
+//! - `minimal-rpc`, `minimal-events`: the minimal bare-lapin twins (see `baseline`).
 
 use crate::{baseline, counter, Res};
 use std::process::ExitCode;
@@ -16,6 +17,8 @@ pub const KINDS: &[&str] = &[
     "farine-db",
     "lapin-rpc",
     "lapin-events",
+    "minimal-rpc",
+    "minimal-events",
 ];
 
 pub fn main(kind: &str) -> ExitCode {
@@ -54,16 +57,25 @@ async fn serve(kind: &str) -> Res<()> {
             control().await;
             running.shutdown().await?;
         }
-        "lapin-rpc" => {
-            let connection =
-                baseline::rpc_server(&baseline::Settings::of(&config, "calc")?).await?;
+        "lapin-rpc" | "minimal-rpc" => {
+            let settings = baseline::Settings::of(&config, "calc")?;
+            let connection = if kind == "lapin-rpc" {
+                baseline::rpc_server(&settings).await?
+            } else {
+                baseline::minimal_rpc_server(&settings).await?
+            };
             println!("ready");
             control().await;
             connection.close(200, "OK".into()).await?;
         }
-        "lapin-events" => {
+        "lapin-events" | "minimal-events" => {
             let settings = baseline::Settings::of(&config, "bench_events")?;
-            let connection = baseline::events_consumer(&settings).await?;
+            let flavor = if kind == "lapin-events" {
+                baseline::Flavor::Same
+            } else {
+                baseline::Flavor::Minimal
+            };
+            let connection = baseline::events_consumer(&settings, flavor).await?;
             println!("ready");
             control().await;
             connection.close(200, "OK".into()).await?;
