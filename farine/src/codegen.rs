@@ -101,7 +101,7 @@ pub async fn call<T: DeserializeOwned>(
     options: Options,
 ) -> Result<T> {
     let value = client
-        .request(service, method, args, Map::new(), options)
+        .request_unary(service, method, args, Map::new(), options)
         .await?
         .unary()
         .await?;

@@ -11,7 +11,8 @@ use crate::broker::Broker;
 use crate::config::{Config, ServiceConfig};
 use crate::transport::{Binder, Next, Properties, Subscription};
 use crate::{Error, Result};
-use futures::{Stream, StreamExt};
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -116,7 +117,7 @@ impl Client {
     /// object the arguments by name, anything else the single argument.
     pub async fn call(&self, service: &str, method: &str, args: Value) -> Result<Value> {
         let (args, kwargs) = split_args(args);
-        self.request(service, method, args, kwargs, CallOptions::default())
+        self.request_unary(service, method, args, kwargs, CallOptions::default())
             .await?
             .unary()
             .await
@@ -136,8 +137,31 @@ impl Client {
             .stream())
     }
 
-    /// Sends a request and returns its replies; the building block of every call.
+    /// Sends a request and returns its replies; the building block of every call. A method
+    /// that does not exist is an error here, before any reply is awaited.
     pub async fn request(
+        &self,
+        service: &str,
+        method: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        options: CallOptions,
+    ) -> Result<Replies> {
+        let mut replies = self
+            .request_unary(service, method, args, kwargs, options)
+            .await?;
+        if let Some(confirm) = replies.confirm.take() {
+            confirm
+                .await
+                .map_err(|err| unknown_method(err, service, method))?;
+        }
+        Ok(replies)
+    }
+
+    /// Sends a request without waiting for the broker's confirm: a call whose one result is
+    /// awaited at once learns of a missing method from its replies (as soon as the broker
+    /// returns the request), and saves a wake-up per call.
+    pub(crate) async fn request_unary(
         &self,
         service: &str,
         method: &str,
@@ -176,22 +200,21 @@ impl Client {
             // A request nobody took before the caller gave up is dropped by the broker.
             .with_expiration(timeout.as_millis().max(1).to_string());
         let routing_key = queue_name(service, method);
-        match self
+        let confirm = self
             .inner
             .broker
-            .publish(service, &routing_key, &body, properties, true)
+            .publish_pending(service, &routing_key, &body, properties, true)
             .await
-        {
-            Ok(()) => {}
-            Err(Error::Unroutable { .. }) => {
-                return Err(Error::UnknownMethod {
-                    service: service.to_string(),
-                    method: method.to_string(),
-                })
-            }
-            Err(err) => return Err(err),
+            .map_err(|err| unknown_method(err, service, method))?;
+        let (service, method) = (service.to_string(), method.to_string());
+        let confirm = async move {
+            confirm
+                .await
+                .map_err(|err| unknown_method(err, &service, &method))
         }
+        .boxed();
         Ok(Replies {
+            confirm: Some(confirm),
             call,
             receiver,
             guard,
@@ -237,6 +260,17 @@ impl Client {
             .await?;
         bound.insert(service.to_string());
         Ok(())
+    }
+}
+
+/// A request the broker could not route: no queue is bound for the method.
+fn unknown_method(err: Error, service: &str, method: &str) -> Error {
+    match err {
+        Error::Unroutable { .. } => Error::UnknownMethod {
+            service: service.to_string(),
+            method: method.to_string(),
+        },
+        err => err,
     }
 }
 
@@ -422,6 +456,8 @@ impl Drop for CallGuard {
 /// The frames of one call, with its deadlines.
 pub struct Replies {
     call: String,
+    /// The broker's confirm of the request, while it has not come (see `request_unary`).
+    confirm: Option<BoxFuture<'static, Result<()>>>,
     receiver: mpsc::UnboundedReceiver<Incoming>,
     guard: CallGuard,
     idle_timeout: Duration,
@@ -476,6 +512,17 @@ impl Stream for Replies {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.done {
             return Poll::Ready(None);
+        }
+        if let Some(confirm) = self.confirm.as_mut() {
+            match confirm.poll_unpin(cx) {
+                Poll::Ready(Ok(())) => self.confirm = None,
+                Poll::Ready(Err(err)) => {
+                    self.done = true;
+                    self.guard.finished = true;
+                    return Poll::Ready(Some(Err(err)));
+                }
+                Poll::Pending => {}
+            }
         }
         match self.receiver.poll_recv(cx) {
             Poll::Ready(Some(frame)) => {
