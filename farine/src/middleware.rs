@@ -86,11 +86,11 @@ impl Handled {
         self.outcome == Handling::Done
     }
 
-    /// What a middleware answers when it holds a delivery back without handling it: the
-    /// message goes back to the broker, which delivers it again.
+    /// A delivery given back to the broker unhandled, which delivers it again: what a
+    /// middleware answers when it holds one back (and what shutdown does to those waiting).
     pub fn requeued() -> Handled {
         Handled::new(
-            Handling::Failed("held back by a middleware".into()),
+            Handling::Failed("not handled: given back to the broker".into()),
             Disposition::Requeued,
         )
     }

@@ -115,6 +115,7 @@ mod tests {
             "auto_delete",
             "enabled",
             "concurrency",
+            "prefetch",
             "shutdown_grace",
             "heartbeat",
             "rpc_timeout",

@@ -26,6 +26,7 @@ keys! {
     AUTO_DELETE = "auto_delete",
     ENABLED = "enabled",
     CONCURRENCY = "concurrency",
+    PREFETCH = "prefetch",
     SHUTDOWN_GRACE = "shutdown_grace",
     HEARTBEAT = "heartbeat",
     RPC_TIMEOUT = "rpc_timeout",
@@ -39,6 +40,12 @@ keys! {
 
 // Built-in defaults, documented on the `ServiceConfig` fields.
 const DEFAULT_CONCURRENCY: u16 = 10;
+
+/// Deliveries prefetched per call an entry point may run, unless `prefetch` says otherwise:
+/// while a call's reply or retry waits for the broker's confirm, its slot is still taken, so
+/// a prefetch of `concurrency` alone would leave methods idle (chosen with farine-bench's
+/// rpc_pipelined; see the README's performance section).
+pub const PREFETCH_PER_CALL: u16 = 4;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_HEARTBEAT: u16 = 30;
 const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -101,8 +108,11 @@ pub struct ServiceConfig {
     pub auto_delete: bool,
     /// `enabled`: whether the runtime starts this service; default `true`.
     pub enabled: bool,
-    /// `concurrency`: deliveries in flight per entry point (its prefetch); default 10.
+    /// `concurrency`: method calls running at once per entry point; default 10.
     pub concurrency: u16,
+    /// `prefetch`: deliveries the broker may send an entry point ahead of their acks; by
+    /// default [`PREFETCH_PER_CALL`] per `concurrency` (see [`ServiceConfig::prefetch_for`]).
+    pub prefetch: Option<u16>,
     /// `shutdown_grace`: how long running handlers may finish on shutdown; default 30s.
     pub shutdown_grace: Duration,
     /// `heartbeat`: AMQP heartbeat in seconds, 0 disables; default 30.
@@ -131,6 +141,21 @@ pub struct ServiceConfig {
 }
 
 impl ServiceConfig {
+    /// The prefetch of an entry point that runs up to `concurrency` calls at once: the
+    /// `prefetch` key, else [`PREFETCH_PER_CALL`] per call, never below `concurrency`.
+    ///
+    /// ```
+    /// let config = farine::Config::from_str("[DEFAULT]\namqp_uri = memory://\n[a]\nprefetch = 7\n", "inline")?;
+    /// assert_eq!(config.service("a")?.prefetch_for(10), 10);
+    /// assert_eq!(config.service("b")?.prefetch_for(10), 40);
+    /// # Ok::<(), farine::Error>(())
+    /// ```
+    pub fn prefetch_for(&self, concurrency: u16) -> u16 {
+        self.prefetch
+            .unwrap_or_else(|| concurrency.saturating_mul(PREFETCH_PER_CALL))
+            .max(concurrency)
+    }
+
     /// The resolved, env-substituted value of any key (case-insensitive), as written.
     ///
     /// ```
@@ -233,6 +258,7 @@ impl ServiceConfig {
             auto_delete: false,
             enabled: true,
             concurrency: DEFAULT_CONCURRENCY,
+            prefetch: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             heartbeat: DEFAULT_HEARTBEAT,
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
@@ -270,6 +296,11 @@ impl ServiceConfig {
             parse_uint(v, 1, u16::MAX.into()).and_then(|n| u16::try_from(n).ok())
         })? {
             self.concurrency = n;
+        }
+        if let Some(n) = self.typed(PREFETCH, "a whole number from 1 to 65535", |v| {
+            parse_uint(v, 1, u16::MAX.into()).and_then(|n| u16::try_from(n).ok())
+        })? {
+            self.prefetch = Some(n);
         }
         if let Some(n) = self.typed(
             HEARTBEAT,
@@ -413,6 +444,7 @@ impl fmt::Debug for ServiceConfig {
             .field("auto_delete", &self.auto_delete)
             .field("enabled", &self.enabled)
             .field("concurrency", &self.concurrency)
+            .field("prefetch", &self.prefetch)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("heartbeat", &self.heartbeat)
             .field("rpc_timeout", &self.rpc_timeout)

@@ -2,7 +2,7 @@
 //! method for each delivery, concurrently up to the entry point's prefetch, and acks only
 //! after the method returned `Ok` (or after a failed message was safely re-queued elsewhere).
 
-use super::deliveries::{queue_topology, DeliveryLoop};
+use super::deliveries::{queue_topology, DeliveryLoop, Turn};
 use super::EntryPoint;
 use crate::broker::Broker;
 use crate::config::{ExchangeKind, ServiceConfig};
@@ -41,13 +41,16 @@ pub(crate) struct ConsumeSpec {
     pub kind: ExchangeKind,
     pub routing_key: &'static str,
     pub queue: String,
+    /// Calls running at once, and deliveries prefetched.
+    pub concurrency: u16,
     pub prefetch: u16,
 }
 
 impl ConsumeSpec {
     /// The one place a consumer's defaults are decided: exchange and routing key are the
     /// service's name; the queue is the routing key; the service's own exchange has its
-    /// section's `type`, any other `direct`; the prefetch is the section's `concurrency`.
+    /// section's `type`, any other `direct`; the concurrency is the section's, the prefetch
+    /// follows it (`ServiceConfig::prefetch_for`).
     pub(crate) fn resolve(
         service: &'static str,
         attr: &ConsumeAttr,
@@ -65,7 +68,8 @@ impl ConsumeSpec {
         };
         Ok(ConsumeSpec {
             queue: attr.queue.unwrap_or(routing_key).to_string(),
-            prefetch: attr.concurrency.unwrap_or(settings.concurrency),
+            concurrency: attr.concurrency.unwrap_or(settings.concurrency),
+            prefetch: settings.prefetch_for(attr.concurrency.unwrap_or(settings.concurrency)),
             label,
             exchange,
             kind,
@@ -138,6 +142,7 @@ pub(crate) async fn attach(
         kind,
         routing_key,
         queue,
+        concurrency,
         prefetch,
     } = spec;
     let policy = RetryPolicy::from_settings(settings);
@@ -152,9 +157,10 @@ pub(crate) async fn attach(
             no_ack: false,
             topology,
         },
+        concurrency,
     )
     .await?;
-    tracing::info!(entry_point = %label, queue = %queue, exchange, routing_key, prefetch, "consumer attached");
+    tracing::info!(entry_point = %label, queue = %queue, exchange, routing_key, concurrency, prefetch, "consumer attached");
     let max_message_bytes = settings.max_message_bytes;
     let shared = Arc::new(Shared {
         label: label.clone(),
@@ -177,18 +183,18 @@ impl EntryPoint for Attached {
     ) -> BoxFuture<'static, Result<()>> {
         let Attached { deliveries, shared } = *self;
         deliveries
-            .run(shutdown, grace, move |delivery| {
-                handle(shared.clone(), delivery)
+            .run(shutdown, grace, move |delivery, turn| {
+                handle(shared.clone(), delivery, turn)
             })
             .boxed()
     }
 }
 
 /// Handles one delivery through the service's middleware, if any.
-async fn handle(shared: Arc<Shared>, delivery: Delivery) {
+async fn handle(shared: Arc<Shared>, delivery: Delivery, turn: Turn) {
     let chain = &shared.context.middleware;
     let handled = if chain.is_empty() {
-        settle_one(&shared, &delivery).await
+        settle_one(&shared, &delivery, turn).await
     } else {
         let message = &delivery.message;
         let call = Call {
@@ -205,7 +211,7 @@ async fn handle(shared: Arc<Shared>, delivery: Delivery) {
         let ran = AtomicBool::new(false);
         let handling = async {
             ran.store(true, Ordering::Relaxed);
-            settle_one(&shared, &delivery).await
+            settle_one(&shared, &delivery, turn).await
         };
         let handled = chain.run(&call, handling.boxed()).await;
         if !ran.load(Ordering::Relaxed) {
@@ -224,7 +230,7 @@ async fn handle(shared: Arc<Shared>, delivery: Delivery) {
 }
 
 /// Runs the handler for one delivery and settles it with the broker.
-async fn settle_one(shared: &Shared, delivery: &Delivery) -> Handled {
+async fn settle_one(shared: &Shared, delivery: &Delivery, turn: Turn) -> Handled {
     let queue = shared.queue.as_str();
     let message = &delivery.message;
     let outcome = if message.body.len() > shared.max_message_bytes {
@@ -237,6 +243,8 @@ async fn settle_one(shared: &Shared, delivery: &Delivery) -> Handled {
         let call = (shared.handler)(shared.context.clone(), &message.body);
         crate::context::scope(shared.context.clone(), call).await
     };
+    // The method returned: another call may start while this one is retried or acked.
+    drop(turn);
     let settled = match &outcome {
         Outcome::Done => Ok(Disposition::Acked),
         Outcome::Failed(reason) => {

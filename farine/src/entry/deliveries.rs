@@ -10,7 +10,9 @@ use crate::config::{ExchangeKind, ServiceConfig};
 use crate::transport::{Declaration, Delivery, Next, QueueOptions, Subscribe, Subscription};
 use crate::{Error, Result};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +21,7 @@ pub(crate) struct DeliveryLoop {
     label: String,
     queue: String,
     subscription: Box<dyn Subscription>,
+    calls: Arc<Semaphore>,
 }
 
 /// An entry point's own queue bound to its exchange, declared as the service's section says
@@ -57,18 +60,32 @@ pub(crate) fn queue_topology(
     ]
 }
 
+/// A call's turn to run its method (one of `concurrency`): taken by the delivery loop in
+/// delivery order, dropped by the entry point as soon as the method returned, while its reply
+/// or retry is still being confirmed. So the broker can send `prefetch` deliveries ahead
+/// without more than `concurrency` methods running, and `concurrency = 1` runs them one at a
+/// time, in order.
+pub(crate) struct Turn(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
 /// A body at least this large is followed by handing freed memory back to the system.
 const LARGE_BODY: usize = 1024 * 1024;
 
 impl DeliveryLoop {
     /// Declares the subscription's topology and starts consuming its queue.
-    pub(crate) async fn start(broker: &Broker, subscribe: Subscribe) -> Result<Self> {
+    /// Declares the subscription's topology and starts consuming its queue; at most
+    /// `concurrency` methods run at once.
+    pub(crate) async fn start(
+        broker: &Broker,
+        subscribe: Subscribe,
+        concurrency: u16,
+    ) -> Result<Self> {
         let (label, queue) = (subscribe.label.clone(), subscribe.queue.clone());
         let subscription = broker.subscribe(subscribe).await?;
         Ok(DeliveryLoop {
             label,
             queue,
             subscription,
+            calls: Arc::new(Semaphore::new(usize::from(concurrency.max(1)))),
         })
     }
 
@@ -100,7 +117,7 @@ impl DeliveryLoop {
         mut handle: F,
     ) -> Result<()>
     where
-        F: FnMut(Delivery) -> Fut,
+        F: FnMut(Delivery, Turn) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let label = self.label.clone();
@@ -110,10 +127,20 @@ impl DeliveryLoop {
                 _ = shutdown.cancelled() => break None,
                 next = self.subscription.next() => match next {
                     Next::Delivery(delivery) => {
+                        // Taken in delivery order. At shutdown the delivery is left unacked:
+                        // it goes back to the queue when the consumer closes.
+                        let turn = tokio::select! {
+                            biased;
+                            permit = self.calls.clone().acquire_owned() => match permit {
+                                Ok(permit) => Turn(permit),
+                                Err(_) => break None,
+                            },
+                            _ = shutdown.cancelled() => break None,
+                        };
                         let large = delivery.message.body.len() >= LARGE_BODY;
                         // Boxed at once: a handler's future is large (several KiB for an
                         // RPC), and spawning moves it through several frames by value.
-                        let work = Box::pin(handle(delivery));
+                        let work = Box::pin(handle(delivery, turn));
                         tasks.spawn(async move {
                             work.await;
                             if large {

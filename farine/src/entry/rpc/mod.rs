@@ -3,7 +3,7 @@
 //! `reply_to` with its `correlation_id`. The request is acked after the last frame was
 //! confirmed by the broker, so a crash mid-call means redelivery, never a lost call.
 
-use super::deliveries::{queue_topology, DeliveryLoop};
+use super::deliveries::{queue_topology, DeliveryLoop, Turn};
 use crate::broker::Broker;
 use crate::clip::clip;
 use crate::config::ServiceConfig;
@@ -97,7 +97,8 @@ pub(crate) async fn attach(
     let broker = &context.broker;
     let label = format!("{service}.{}", attr.method);
     let queue = queue_name(service, attr.method);
-    let prefetch = attr.concurrency.unwrap_or(settings.concurrency);
+    let concurrency = attr.concurrency.unwrap_or(settings.concurrency);
+    let prefetch = settings.prefetch_for(concurrency);
     let mut topology = queue_topology(settings, service, settings.exchange_type, &queue, &queue);
     topology.push(retry::dead_letter_topology(&queue));
     if let Some(exchange) = attr.broadcast {
@@ -119,9 +120,10 @@ pub(crate) async fn attach(
             no_ack: false,
             topology,
         },
+        concurrency,
     )
     .await?;
-    tracing::info!(entry_point = %label, queue = %queue, prefetch, "rpc method attached");
+    tracing::info!(entry_point = %label, queue = %queue, concurrency, prefetch, "rpc method attached");
     Ok(Attached {
         deliveries,
         shared: Arc::new(Shared {
@@ -145,8 +147,8 @@ impl EntryPoint for Attached {
         let Attached { deliveries, shared } = *self;
         let stop = shutdown.clone();
         deliveries
-            .run(shutdown, grace, move |delivery| {
-                serve(shared.clone(), delivery, stop.clone(), grace)
+            .run(shutdown, grace, move |delivery, turn| {
+                serve(shared.clone(), delivery, turn, stop.clone(), grace)
             })
             .boxed()
     }
@@ -215,12 +217,13 @@ impl Replier<'_> {
 async fn serve(
     shared: Arc<Shared>,
     delivery: Delivery,
+    turn: Turn,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
     let chain = &shared.context.middleware;
     let handled = if chain.is_empty() {
-        answer(&shared, &delivery, &shutdown, grace).await
+        answer(&shared, &delivery, turn, &shutdown, grace).await
     } else {
         let message = &delivery.message;
         let call = CallInfo {
@@ -237,7 +240,7 @@ async fn serve(
         let ran = AtomicBool::new(false);
         let handling = async {
             ran.store(true, Ordering::Relaxed);
-            answer(&shared, &delivery, &shutdown, grace).await
+            answer(&shared, &delivery, turn, &shutdown, grace).await
         };
         let handled = chain.run(&call, handling.boxed()).await;
         if !ran.load(Ordering::Relaxed) {
@@ -257,6 +260,7 @@ async fn serve(
 async fn answer(
     shared: &Shared,
     delivery: &Delivery,
+    turn: Turn,
     shutdown: &CancellationToken,
     grace: Duration,
 ) -> Handled {
@@ -318,6 +322,8 @@ async fn answer(
                 let reply = guard(crate::context::scope(shared.context.clone(), future))
                     .await
                     .unwrap_or_else(|panic| Frame::Error(panicked(label, &panic)).into());
+                // The method is done: its slot is free while the reply is confirmed.
+                drop(turn);
                 match reply.frame {
                     Frame::Item(mut bytes) => {
                         let events = shared
