@@ -73,7 +73,8 @@ impl Settings {
         let section = config.service(service)?;
         Ok(Settings {
             uri: section.amqp_uri.expose().to_string(),
-            prefetch: section.concurrency,
+            // farine's own: concurrency calls, the broker sending prefetch ahead.
+            prefetch: section.prefetch_for(section.concurrency),
             durable: section.durable,
             delivery_mode: section.delivery_mode,
             timeout: section.rpc_timeout,
@@ -278,11 +279,16 @@ async fn answer(replies: &Channel, queue: &str, delivery: &lapin::message::Deliv
     let send = |body: Vec<u8>| publish_reply(replies, reply_to.clone(), properties.clone(), body);
     if queue == ADD_QUEUE {
         let Args { args: (a, b) } = serde_json::from_slice::<Args<(i64, i64)>>(&delivery.data)?;
+        // One frame, as farine answers a caller that says it reads a unary result so.
         let item = serde_json::to_vec(&ItemOut {
             body: a.wrapping_add(b),
-            __end__: false,
+            __end__: true,
         })?;
         confirms.push_back(send(item).await?);
+        while let Some(confirm) = confirms.pop_front() {
+            settle_reply(Some(confirm)).await?;
+        }
+        return Ok(());
     } else {
         let Args { args: (n,) } = serde_json::from_slice::<Args<(u32,)>>(&delivery.data)?;
         for i in 0..n {
@@ -515,9 +521,10 @@ impl RpcClient {
             .with_correlation_id(id.to_string().into())
             .with_reply_to(DIRECT_REPLY_TO.into());
         let (properties, options) = match self.flavor {
+            // Transient, expiring at the deadline: farine's requests.
             Flavor::Same => (
                 properties
-                    .with_delivery_mode(self.settings.delivery_mode)
+                    .with_delivery_mode(1)
                     .with_expiration(self.expiration.clone()),
                 mandatory(),
             ),

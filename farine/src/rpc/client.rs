@@ -276,7 +276,7 @@ fn unknown_method(err: Error, service: &str, method: &str) -> Error {
 
 /// How many items of a stream the server may send ahead of what the caller has read: the
 /// most a slow reader makes this process (and the broker) hold per stream.
-pub(crate) const STREAM_WINDOW: u64 = 256;
+pub(crate) const STREAM_WINDOW: u64 = 1024;
 
 /// What every request says about the caller (extensions; Python servers ignore them): it
 /// reads a unary result in one frame, and grants a stream [`STREAM_WINDOW`] items at first.
