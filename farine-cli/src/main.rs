@@ -1,8 +1,10 @@
 //! The `farine` command: builds and runs service crates (`--start`), calls services
 //! (`farine call`), publishes a message (`farine publish`), inspects dead letters
-//! (`farine dlq`), and scaffolds new crates (`farine new`).
+//! (`farine dlq`), checks a configuration and its services (`farine check`), and scaffolds new
+//! crates (`farine new`).
 
 mod call;
+mod check;
 mod dlq;
 mod publish;
 mod scaffold;
@@ -80,6 +82,18 @@ enum Command {
 
         /// Build with the release profile.
         #[arg(long)]
+        release: bool,
+    },
+    /// Check, changing nothing, what a start would meet: settings, broker login, exchanges and
+    /// queues, databases, pending migrations. Lists every problem; exit status 1 if any.
+    Check {
+        /// Cargo package holding the service binary (as for `farine --start`); without one,
+        /// only the INI's sections are checked (settings, broker and databases reachable).
+        #[arg(short = 's', long = "start", value_name = "MODULE")]
+        start: Vec<String>,
+
+        /// Build with the release profile.
+        #[arg(long, requires = "start")]
         release: bool,
     },
     /// Create a service crate that builds and runs as generated.
@@ -202,6 +216,7 @@ fn main() -> ExitCode {
             DlqAction::Replay { queue, limit } => dlq::run(dlq::Action::Replay, &queue, limit),
         },
         Some(Command::Migrate { start, release }) => start::migrate(&start, release),
+        Some(Command::Check { start, release }) => check::run(&start, release),
         Some(Command::New { name, path }) => {
             scaffold::run(&name, path.as_deref()).map(|()| ExitCode::SUCCESS)
         }

@@ -91,6 +91,20 @@ pub fn migrate(modules: &[String], release: bool) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Finds and builds each module as `--start` does, for the commands that then run the built
+/// binaries in a mode of their own (`farine check`).
+pub(crate) fn build_modules(modules: &[String], release: bool) -> Result<Vec<Service>, Failure> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| Failure::new(format!("cannot read the current directory: {e}")))?;
+    let workspace = metadata(&cwd, None);
+    let mut services = Vec::with_capacity(modules.len());
+    for module in modules {
+        let target = resolve(module, &cwd, &workspace)?;
+        services.push(build(&target, release)?);
+    }
+    Ok(services)
+}
+
 /// A workspace package as `cargo metadata` describes it.
 #[derive(Debug, Clone)]
 struct Package {
@@ -122,11 +136,11 @@ struct Target {
 
 /// A built service binary.
 #[derive(Debug)]
-struct Service {
-    name: String,
-    executable: PathBuf,
+pub(crate) struct Service {
+    pub(crate) name: String,
+    pub(crate) executable: PathBuf,
     /// The package's directory, where its `migrations/` folder lives.
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
 fn cargo() -> OsString {

@@ -52,12 +52,14 @@
 //! an ack, or a retry then a dead letter (`retry`; [`dlq`] reads and replays them). The
 //! [`runtime`] starts what the macros registered (`registry`) and supervises it; the macros'
 //! generated code names only `farine::__private` (`codegen.rs`, its contract documented
-//! there). Shared leaves: `backoff` (the one backoff), `clip` (bounded texts), [`config`]
+//! there); [`check`] looks at what a start would meet, changing nothing (`farine check`).
+//! Shared leaves: `backoff` (the one backoff), `clip` (bounded texts), [`config`]
 //! (every key is read there).
 
 pub mod amqp;
 mod backoff;
 pub mod broker;
+pub mod check;
 pub mod checks;
 mod clip;
 pub mod config;

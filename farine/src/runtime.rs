@@ -330,6 +330,11 @@ pub fn init_logging() {
     if let Ok(quiet) = "lapin::returned_messages=error".parse() {
         filter = filter.add_directive(quiet);
     }
+    // A check closes a channel for each exchange or queue not declared yet; lapin logs each.
+    if let Some(Ok(quiet)) = std::env::var_os(crate::check::CHECK_ENV).map(|_| "lapin=off".parse())
+    {
+        filter = filter.add_directive(quiet);
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -380,6 +385,9 @@ async fn serve(crates: Option<Vec<String>>) -> Result<()> {
     // otherwise meet the default action and kill the process instead of stopping it.
     let mut signals = Signals::install()?;
     let config = Config::from_env()?;
+    if let Some(migrations) = std::env::var_os(crate::check::CHECK_ENV) {
+        return crate::check::run(&config, crates.as_deref(), &migrations).await;
+    }
     if let Some(dir) = std::env::var_os(MIGRATIONS_ENV) {
         return migrate(&config, std::path::Path::new(&dir), crates.as_deref()).await;
     }

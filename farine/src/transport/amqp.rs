@@ -63,22 +63,8 @@ impl Amqp {
     /// connections that recover. `heartbeat` is in seconds (0 disables); `ca` is PEM
     /// certificates trusted for `amqps://` on top of the system's.
     pub async fn connect(uri: &AmqpUri, heartbeat: u16, ca: Option<String>) -> Result<Amqp> {
-        let mut parsed: lapin::uri::AMQPUri = uri.expose().parse().map_err(|message: String| {
-            Error::Runtime(format!("amqp_uri {uri} is not a valid AMQP URI: {message}"))
-        })?;
-        parsed.query.heartbeat = Some(heartbeat);
-        // Without a frame size, lapin grows each connection's buffers to 4 MiB and touches
-        // every page: 16 MiB of resident memory for an idle service. 32 KiB frames keep it small.
-        if parsed.query.frame_max.is_none() {
-            parsed.query.frame_max = Some(32_768);
-        }
-        if parsed.query.connection_timeout.is_none() {
-            parsed.query.connection_timeout = Some(10_000);
-        }
-        let name = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "farine".into());
+        let parsed = parse_uri(uri, heartbeat, 10_000)?;
+        let name = process_name();
         let open = |role: &str, recover: bool| {
             let mut properties = ConnectionProperties::default()
                 .with_connection_name(format!("{name} ({role}, farine)").into());
@@ -147,6 +133,32 @@ impl Amqp {
             direct_reply: Mutex::new(None),
         })))
     }
+}
+
+/// `uri` as lapin takes it, with farine's connection settings: `heartbeat` in seconds, 32 KiB
+/// frames, and `timeout_ms` for the TCP connection unless the URI sets one.
+fn parse_uri(uri: &AmqpUri, heartbeat: u16, timeout_ms: u64) -> Result<lapin::uri::AMQPUri> {
+    let mut parsed: lapin::uri::AMQPUri = uri.expose().parse().map_err(|message: String| {
+        Error::Runtime(format!("amqp_uri {uri} is not a valid AMQP URI: {message}"))
+    })?;
+    parsed.query.heartbeat = Some(heartbeat);
+    // Without a frame size, lapin grows each connection's buffers to 4 MiB and touches
+    // every page: 16 MiB of resident memory for an idle service. 32 KiB frames keep it small.
+    if parsed.query.frame_max.is_none() {
+        parsed.query.frame_max = Some(32_768);
+    }
+    if parsed.query.connection_timeout.is_none() {
+        parsed.query.connection_timeout = Some(timeout_ms);
+    }
+    Ok(parsed)
+}
+
+/// The executable's name, which names its connections in the broker's management UI.
+fn process_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "farine".into())
 }
 
 /// A channel in confirm mode on the publishing connection.
@@ -1032,5 +1044,203 @@ fn amqp_value_of(value: &HeaderValue) -> AMQPValue {
         HeaderValue::Table(table) => AMQPValue::FieldTable(table_of(table)),
         HeaderValue::Timestamp(t) => AMQPValue::Timestamp(*t),
         HeaderValue::Other(text) => AMQPValue::LongString(LongString::from(text.as_str())),
+    }
+}
+
+/// What the broker has under a name, compared with what farine would declare there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing: the declaration would create it.
+    Missing,
+    /// It exists, and declaring it as farine would changes nothing.
+    AsDeclared,
+    /// It exists, but the broker refuses farine's declaration; its answer, e.g.
+    /// `PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'calc' ...: received
+    /// 'direct' but current is 'fanout'`, or `RESOURCE_LOCKED` for another connection's
+    /// exclusive queue.
+    Refused(String),
+}
+
+/// One plain connection (no recovery, no publishing channel) for looking at a broker without
+/// changing it: what `farine check` uses. Every operation waits at most the `wait` given to
+/// [`Inspector::connect`].
+pub struct Inspector {
+    connection: Connection,
+    wait: Duration,
+}
+
+impl Inspector {
+    /// Connects once, within `wait`: no retry, so a refused login or an unreachable broker
+    /// is an error at once, saying which.
+    pub async fn connect(uri: &AmqpUri, ca: Option<String>, wait: Duration) -> Result<Inspector> {
+        let timeout_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let parsed = parse_uri(uri, 0, timeout_ms)?;
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("{} (check, farine)", process_name()).into());
+        let tls = lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: ca,
+        };
+        let connect = async {
+            let runtime = lapin::runtime::default_runtime()?;
+            Connection::connect_uri_with_config(parsed, properties, tls, runtime).await
+        };
+        match tokio::time::timeout(wait, connect).await {
+            Ok(Ok(connection)) => Ok(Inspector { connection, wait }),
+            Ok(Err(err)) => Err(Error::Runtime(connect_failure(uri, &err))),
+            Err(_) => Err(Error::Runtime(format!(
+                "connecting to the broker at {uri} timed out: no answer within {}",
+                humantime::format_duration(wait)
+            ))),
+        }
+    }
+
+    /// Compares exchange `name` with the declaration farine would make, changing nothing:
+    /// on one channel, a passive declare and the same declare farine makes, sent together.
+    /// When the exchange is missing, the passive declare fails and the broker closes the
+    /// channel, discarding the second declare unread, so nothing is created; when it exists,
+    /// the second declare is a no-op if it is equivalent and refused if not.
+    pub async fn exchange(
+        &self,
+        name: &str,
+        kind: ExchangeKind,
+        durable: bool,
+        auto_delete: bool,
+    ) -> Result<Found> {
+        let what = format!("exchange {name:?}");
+        self.bounded(&what, async {
+            let channel = self.channel(&what).await?;
+            let passive = channel.exchange_declare(
+                name.into(),
+                kind.into(),
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            );
+            // `amq.*` names are the broker's own: only a passive declare is allowed on them.
+            if name.starts_with("amq.") {
+                return Self::settle(&channel, &what, passive.await, Ok(())).await;
+            }
+            let same = channel.exchange_declare(
+                name.into(),
+                kind.into(),
+                ExchangeDeclareOptions {
+                    durable,
+                    auto_delete,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            );
+            let (passive, same) = futures::future::join(passive, same).await;
+            Self::settle(&channel, &what, passive, same).await
+        })
+        .await
+    }
+
+    /// Compares queue `name` with the declaration farine would make, as
+    /// [`Inspector::exchange`] does (a missing queue is not created).
+    pub async fn queue(&self, name: &str, options: &QueueOptions) -> Result<Found> {
+        let what = format!("queue {name:?}");
+        self.bounded(&what, async {
+            let channel = self.channel(&what).await?;
+            let passive = channel.queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            );
+            let same = channel.queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    durable: options.durable,
+                    exclusive: options.exclusive,
+                    auto_delete: options.auto_delete,
+                    ..Default::default()
+                },
+                queue_arguments(options),
+            );
+            let (passive, same) = futures::future::join(passive, same).await;
+            Self::settle(&channel, &what, passive.map(drop), same.map(drop)).await
+        })
+        .await
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        let _ = tokio::time::timeout(self.wait, self.connection.close(200, "OK".into())).await;
+    }
+
+    async fn channel(&self, what: &str) -> Result<Channel> {
+        self.connection
+            .create_channel()
+            .await
+            .map_err(Error::amqp(format!("opening a channel to check {what}")))
+    }
+
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.wait, work).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Runtime(format!(
+                "checking {what} timed out: the broker did not answer within {}",
+                humantime::format_duration(self.wait)
+            ))),
+        }
+    }
+
+    /// What the passive declare and the declare farine makes said.
+    async fn settle(
+        channel: &Channel,
+        what: &str,
+        passive: lapin::Result<()>,
+        same: lapin::Result<()>,
+    ) -> Result<Found> {
+        let found = match (passive, same) {
+            (Err(err), _) if err.to_string().contains("NOT_FOUND") => Found::Missing,
+            // Another connection's exclusive queue, or no permission to look.
+            (Err(err), _) if err.is_amqp_soft_error() => Found::Refused(broker_text(&err)),
+            (Err(err), _) => return Err(Error::amqp(format!("checking {what}"))(err)),
+            (Ok(()), Ok(())) => Found::AsDeclared,
+            (Ok(()), Err(err)) if err.is_amqp_soft_error() => Found::Refused(broker_text(&err)),
+            (Ok(()), Err(err)) => return Err(Error::amqp(format!("checking {what}"))(err)),
+        };
+        if found == Found::AsDeclared {
+            let _ = channel.close(200, "OK".into()).await;
+        }
+        Ok(found)
+    }
+}
+
+/// The broker's own words in a lapin error ("PRECONDITION_FAILED - inequivalent arg ...").
+fn broker_text(err: &lapin::Error) -> String {
+    match err.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => amqp.get_message().to_string(),
+        _ => err.to_string(),
+    }
+}
+
+/// Why a first connection failed, in words: a refused login or virtual host, or the network.
+fn connect_failure(uri: &AmqpUri, err: &lapin::Error) -> String {
+    let text = err.to_string();
+    if text.contains("ACCESS_REFUSED") || text.contains("authentication") {
+        format!(
+            "the broker refused the login (ACCESS_REFUSED): wrong user or password in {uri} ({})",
+            broker_text(err)
+        )
+    } else if text.contains("NOT_ALLOWED") {
+        format!(
+            "the broker refused the virtual host (NOT_ALLOWED): it does not exist or the user \
+             may not use it, in {uri} ({})",
+            broker_text(err)
+        )
+    } else {
+        format!("cannot connect to the broker at {uri}: {text} (is RabbitMQ running and reachable at that address?)")
     }
 }
