@@ -1,8 +1,10 @@
 //! The `farine` command: builds and runs service crates (`--start`), calls services
 //! (`farine call`), publishes a message (`farine publish`), inspects dead letters
-//! (`farine dlq`), and scaffolds new crates (`farine new`).
+//! (`farine dlq`), describes services as AsyncAPI (`farine describe`), and scaffolds new crates
+//! (`farine new`).
 
 mod call;
+mod describe;
 mod dlq;
 mod publish;
 mod scaffold;
@@ -74,6 +76,16 @@ enum Command {
     },
     /// Apply the sqlx migrations in each crate's `migrations/` folder to its services' databases.
     Migrate {
+        /// Cargo package holding the service binary (as for `farine --start`).
+        #[arg(short = 's', long = "start", value_name = "MODULE", required = true)]
+        start: Vec<String>,
+
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Print an AsyncAPI 3.0 document (JSON) of the services in each crate, from their code.
+    Describe {
         /// Cargo package holding the service binary (as for `farine --start`).
         #[arg(short = 's', long = "start", value_name = "MODULE", required = true)]
         start: Vec<String>,
@@ -202,6 +214,7 @@ fn main() -> ExitCode {
             DlqAction::Replay { queue, limit } => dlq::run(dlq::Action::Replay, &queue, limit),
         },
         Some(Command::Migrate { start, release }) => start::migrate(&start, release),
+        Some(Command::Describe { start, release }) => describe::run(&start, release),
         Some(Command::New { name, path }) => {
             scaffold::run(&name, path.as_deref()).map(|()| ExitCode::SUCCESS)
         }
