@@ -1,10 +1,11 @@
 //! The `farine` command: builds and runs service crates (`--start`), calls services
 //! (`farine call`), publishes a message (`farine publish`), inspects dead letters
-//! (`farine dlq`), checks a configuration and its services (`farine check`), and scaffolds new
-//! crates (`farine new`).
+//! (`farine dlq`), checks a configuration and its services (`farine check`), describes
+//! services as AsyncAPI (`farine describe`), and scaffolds new crates (`farine new`).
 
 mod call;
 mod check;
+mod describe;
 mod dlq;
 mod publish;
 mod scaffold;
@@ -94,6 +95,16 @@ enum Command {
 
         /// Build with the release profile.
         #[arg(long, requires = "start")]
+        release: bool,
+    },
+    /// Print an AsyncAPI 3.0 document (JSON) of the services in each crate, from their code.
+    Describe {
+        /// Cargo package holding the service binary (as for `farine --start`).
+        #[arg(short = 's', long = "start", value_name = "MODULE", required = true)]
+        start: Vec<String>,
+
+        /// Build with the release profile.
+        #[arg(long)]
         release: bool,
     },
     /// Create a service crate that builds and runs as generated.
@@ -217,6 +228,7 @@ fn main() -> ExitCode {
         },
         Some(Command::Migrate { start, release }) => start::migrate(&start, release),
         Some(Command::Check { start, release }) => check::run(&start, release),
+        Some(Command::Describe { start, release }) => describe::run(&start, release),
         Some(Command::New { name, path }) => {
             scaffold::run(&name, path.as_deref()).map(|()| ExitCode::SUCCESS)
         }

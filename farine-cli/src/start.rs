@@ -57,15 +57,7 @@ pub fn run(modules: &[String], release: bool) -> Result<ExitCode, Failure> {
 /// (`FARINE_MIGRATIONS` = the crate's `migrations/` folder): every service of the binary with
 /// a database applies the sqlx migrations there, then the binary exits.
 pub fn migrate(modules: &[String], release: bool) -> Result<ExitCode, Failure> {
-    let cwd = std::env::current_dir()
-        .map_err(|e| Failure::new(format!("cannot read the current directory: {e}")))?;
-    let workspace = metadata(&cwd, None);
-    let mut services = Vec::with_capacity(modules.len());
-    for module in modules {
-        let target = resolve(module, &cwd, &workspace)?;
-        services.push(build(&target, release)?);
-    }
-    for service in services {
+    for service in build_modules(modules, release)? {
         let migrations = service.dir.join("migrations");
         if !migrations.is_dir() {
             return Err(Failure::new(format!(
@@ -91,8 +83,8 @@ pub fn migrate(modules: &[String], release: bool) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Finds and builds each module as `--start` does, for the commands that then run the built
-/// binaries in a mode of their own (`farine check`).
+/// Finds and builds each module, as `farine --start` does, for the commands that run the built
+/// binary in a mode of its own (`migrate`, `check`, `describe`).
 pub(crate) fn build_modules(modules: &[String], release: bool) -> Result<Vec<Service>, Failure> {
     let cwd = std::env::current_dir()
         .map_err(|e| Failure::new(format!("cannot read the current directory: {e}")))?;
@@ -141,6 +133,8 @@ pub(crate) struct Service {
     pub(crate) executable: PathBuf,
     /// The package's directory, where its `migrations/` folder lives.
     pub(crate) dir: PathBuf,
+    /// The package's id (`path+file:///...#calc@0.1.0`), which ends with its version.
+    pub(crate) id: String,
 }
 
 fn cargo() -> OsString {
@@ -457,6 +451,7 @@ fn build(target: &Target, release: bool) -> Result<Service, Failure> {
         name: package.name.clone(),
         executable,
         dir,
+        id: package.id.clone(),
     })
 }
 

@@ -153,6 +153,28 @@ const _: () = {
                     })
                 },
             );
+            {
+                #[allow(unused_imports)]
+                use ::farine::__private::{ViaJsonSchema as _, ViaNoSchema as _};
+                def.schemas(
+                    "add",
+                    ::std::vec![
+                        ("item", (&& ::farine::__private::SchemaOf:: < String > ::new())
+                        .schema()), ("quantity", (&& ::farine::__private::SchemaOf:: <
+                        u32 > ::new()).schema())
+                    ],
+                    ::core::option::Option::Some(
+                        (&&::farine::__private::SchemaOf::<
+                            <ShopResult<
+                                u64,
+                            > as ::farine::__private::RpcOutput<
+                                ::farine::__private::Fallible,
+                            >>::Ok,
+                        >::new())
+                            .schema(),
+                    ),
+                );
+            }
         }
         {
             def.uses_db("items");
@@ -208,6 +230,27 @@ const _: () = {
                     })
                 },
             );
+            {
+                #[allow(unused_imports)]
+                use ::farine::__private::{ViaJsonSchema as _, ViaNoSchema as _};
+                def.schemas(
+                    "items",
+                    ::std::vec![
+                        ("from", (&& ::farine::__private::SchemaOf:: < u64 > ::new())
+                        .schema())
+                    ],
+                    ::core::option::Option::Some(
+                        (&&::farine::__private::SchemaOf::<
+                            <farine::Result<
+                                Item,
+                            > as ::farine::__private::RpcOutput<
+                                ::farine::__private::Fallible,
+                            >>::Ok,
+                        >::new())
+                            .schema(),
+                    ),
+                );
+            }
         }
         {
             def.rpc(
@@ -246,6 +289,22 @@ const _: () = {
                     })
                 },
             );
+            {
+                #[allow(unused_imports)]
+                use ::farine::__private::{ViaJsonSchema as _, ViaNoSchema as _};
+                def.schemas(
+                    "name",
+                    ::std::vec![],
+                    ::core::option::Option::Some(
+                        (&&::farine::__private::SchemaOf::<
+                            <&'static str as ::farine::__private::RpcOutput<
+                                ::farine::__private::Borrowed,
+                            >>::Ok,
+                        >::new())
+                            .schema(),
+                    ),
+                );
+            }
         }
         #[cfg(feature = "beta")]
         {
@@ -285,6 +344,17 @@ const _: () = {
                     })
                 },
             );
+            {
+                #[allow(unused_imports)]
+                use ::farine::__private::{ViaJsonSchema as _, ViaNoSchema as _};
+                def.schemas(
+                    "beta",
+                    ::std::vec![],
+                    ::core::option::Option::Some(
+                        (&&::farine::__private::SchemaOf::<Total>::new()).schema(),
+                    ),
+                );
+            }
         }
         {
             def.consume(
@@ -318,6 +388,18 @@ const _: () = {
                         )
                 },
             );
+            {
+                #[allow(unused_imports)]
+                use ::farine::__private::{ViaJsonSchema as _, ViaNoSchema as _};
+                def.schemas(
+                    "on_order",
+                    ::std::vec![
+                        ("order", (&& ::farine::__private::SchemaOf:: < Order > ::new())
+                        .schema())
+                    ],
+                    ::core::option::Option::None,
+                );
+            }
         }
         {
             def.consume(
@@ -351,6 +433,18 @@ const _: () = {
                         )
                 },
             );
+            {
+                #[allow(unused_imports)]
+                use ::farine::__private::{ViaJsonSchema as _, ViaNoSchema as _};
+                def.schemas(
+                    "on_own",
+                    ::std::vec![
+                        ("body", (&& ::farine::__private::SchemaOf:: < serde_json::Value
+                        > ::new()).schema())
+                    ],
+                    ::core::option::Option::None,
+                );
+            }
         }
         {
             def.publish(::farine::__private::PublishAttr {

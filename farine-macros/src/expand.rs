@@ -311,19 +311,18 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
                     #handler,
                 );
             });
+            out.extend(schemas(method, None));
         }
         EntryKind::Rpc => {
             let broadcast = opt_str(args.str("broadcast"));
             let streaming = valid::returns_stream(&method.sig.output);
+            let schemas = schemas(method, Some(result_type(method, streaming)));
             let message: Vec<_> = method.message_params().collect();
             let count = message.len();
             let bindings = message.iter().enumerate().map(|(index, param)| {
                 let name = format_ident!("__farine_arg_{}", index);
                 let ty = &param.ty;
-                let param_name = match &*param.pat {
-                    syn::Pat::Ident(pat) => pat.ident.to_string(),
-                    _ => format!("arg{index}"),
-                };
+                let param_name = param_name(param, index);
                 quote! {
                     let #name: #ty = match __args.take(#index, #param_name) {
                         ::core::result::Result::Ok(value) => value,
@@ -400,6 +399,7 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
                     },
                 );
             });
+            out.extend(schemas);
         }
         EntryKind::Stream => {
             let endpoint = opt_str(args.str("endpoint"));
@@ -457,6 +457,56 @@ fn entry_point(service: &Service, method: &Method) -> TokenStream {
         }
     }
     out
+}
+
+/// `def.schemas(...)`: the schema of each message parameter, by the name a caller gives it, and
+/// of the result (`returns`: what a caller decodes), each picked by autoref so that a type
+/// without a schema compiles (see `farine::__private::SchemaOf`).
+fn schemas(method: &Method, returns: Option<TokenStream>) -> TokenStream {
+    let method_name = method.sig.ident.to_string();
+    let schema_of =
+        |ty: &dyn quote::ToTokens| quote!((&&::farine::__private::SchemaOf::<#ty>::new()).schema());
+    let params = method.message_params().enumerate().map(|(index, param)| {
+        let name = param_name(param, index);
+        let schema = schema_of(&param.ty);
+        quote!((#name, #schema))
+    });
+    let returns = match returns {
+        Some(ty) => {
+            let schema = schema_of(&ty);
+            quote!(::core::option::Option::Some(#schema))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    quote! {{
+        #[allow(unused_imports)]
+        use ::farine::__private::{ViaJsonSchema as _, ViaNoSchema as _};
+        def.schemas(#method_name, ::std::vec![#(#params),*], #returns);
+    }}
+}
+
+/// The name a caller gives a message parameter (in `kwargs`, and in errors).
+fn param_name(param: &crate::ast::Param, index: usize) -> String {
+    match &*param.pat {
+        syn::Pat::Ident(pat) => pat.ident.to_string(),
+        _ => format!("arg{index}"),
+    }
+}
+
+/// What a caller of an RPC method decodes: its result, or the item of its stream (as the
+/// typed client does).
+fn result_type(method: &Method, streaming: bool) -> TokenStream {
+    if streaming {
+        match stream_item(&method.sig.output) {
+            Some(item) => client_type(&item).0,
+            None => quote!(::farine::__private::Value),
+        }
+    } else {
+        match &method.sig.output {
+            syn::ReturnType::Default => quote!(()),
+            syn::ReturnType::Type(_, ty) => client_type(ty).0,
+        }
+    }
 }
 
 /// The handler of an entry point whose method's result becomes an `Outcome` (consumers,

@@ -37,6 +37,10 @@
 //!   (an [`RpcStream`]). Its return type is the method's declared type through [`RpcOutput`]
 //!   (see there), asserted `Deserialize` by [`RpcReturn`]; [`Config`], [`Result`],
 //!   [`Deserialize`] and [`Value`] appear in its signatures.
+//! - **Schemas**, for `farine describe`: `ServiceDef::schemas` records a consumer's body type
+//!   and an RPC method's argument and result types, each as a [`SchemaFn`] picked by autoref
+//!   on [`SchemaOf`] ([`ViaJsonSchema`] when the type implements `JsonSchema` and farine's
+//!   `schema` feature is on, else [`ViaNoSchema`]), so that any type compiles.
 
 use crate::entry::consume::{consume_handler, ConsumeHandler};
 use crate::rpc::CallOptions as Options;
@@ -53,6 +57,7 @@ pub use crate::amqp::Publisher;
 pub use crate::checks::{MessageBody, RpcReturn};
 pub use crate::config::Config;
 pub use crate::context::ServiceContext;
+pub use crate::describe::SchemaFn;
 pub use crate::entry::consume::ConsumeAttr;
 pub use crate::entry::execute::{execute_handler, ExecuteAttr, Shutdown};
 pub use crate::entry::rpc::handler::{
@@ -281,5 +286,40 @@ pub async fn settle_tx_outcome(tx: crate::db::Tx, outcome: Outcome) -> Outcome {
             }
             other
         }
+    }
+}
+
+/// A type whose schema `farine describe` wants: `(&&SchemaOf::<T>::new()).schema()` is the
+/// [`SchemaFn`] of `T`, by autoref: [`ViaJsonSchema`] (on `&SchemaOf<T>`) when `T` implements
+/// `schemars::JsonSchema` and the `schema` feature is on, else [`ViaNoSchema`] (`{}`).
+pub struct SchemaOf<T>(PhantomData<fn() -> T>);
+
+impl<T> SchemaOf<T> {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        SchemaOf(PhantomData)
+    }
+}
+
+/// See [`SchemaOf`].
+pub trait ViaJsonSchema {
+    fn schema(&self) -> SchemaFn;
+}
+
+#[cfg(feature = "schema")]
+impl<T: schemars::JsonSchema> ViaJsonSchema for &SchemaOf<T> {
+    fn schema(&self) -> SchemaFn {
+        crate::describe::json_schema::<T>
+    }
+}
+
+/// See [`SchemaOf`].
+pub trait ViaNoSchema {
+    fn schema(&self) -> SchemaFn;
+}
+
+impl<T> ViaNoSchema for SchemaOf<T> {
+    fn schema(&self) -> SchemaFn {
+        crate::describe::no_schema
     }
 }

@@ -65,6 +65,7 @@ mod clip;
 pub mod config;
 mod context;
 pub mod db;
+pub mod describe;
 pub mod dlq;
 mod entry;
 mod error;
@@ -94,6 +95,11 @@ pub use rpc::Client;
 // `farine::futures::stream::iter`, `farine::sqlx::query(..)` on a `Db` or `Tx`,
 // `farine::tracing::info!`.
 pub use futures;
+/// With the `schema` feature: derive `farine::schemars::JsonSchema` (with
+/// `#[schemars(crate = "farine::schemars")]`) on a service's types to have their schemas in
+/// `farine describe`.
+#[cfg(feature = "schema")]
+pub use schemars;
 pub use serde;
 pub use serde_json;
 pub use serde_json::json;

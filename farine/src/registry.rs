@@ -2,6 +2,7 @@
 //! its entry points around one shared instance. The runtime reads these; nothing else does.
 
 use crate::amqp::PublishAttr;
+use crate::describe::{MethodSchemas, SchemaFn};
 use crate::entry::consume::{ConsumeAttr, ConsumeHandler};
 use crate::entry::execute::{ExecuteAttr, ExecuteHandler};
 use crate::entry::rpc::{RpcAttr, RpcHandler};
@@ -43,6 +44,8 @@ pub struct ServiceDef {
     pub publishers: Vec<PublishAttr>,
     /// Methods that take a database parameter: the service must have a database.
     pub db_methods: Vec<&'static str>,
+    /// The types of each method's messages, for `farine describe`.
+    pub schemas: Vec<MethodSchemas>,
 }
 
 impl ServiceDef {
@@ -52,6 +55,7 @@ impl ServiceDef {
             entries: Vec::new(),
             publishers: Vec::new(),
             db_methods: Vec::new(),
+            schemas: Vec::new(),
         }
     }
 
@@ -77,5 +81,19 @@ impl ServiceDef {
 
     pub fn uses_db(&mut self, method: &'static str) {
         self.db_methods.push(method);
+    }
+
+    /// The schemas of `method`'s message parameters (by name) and of its result.
+    pub fn schemas(
+        &mut self,
+        method: &'static str,
+        params: Vec<(&'static str, SchemaFn)>,
+        returns: Option<SchemaFn>,
+    ) {
+        self.schemas.push(MethodSchemas {
+            method,
+            params,
+            returns,
+        });
     }
 }

@@ -359,6 +359,10 @@ pub fn run_crates(crates: &[&str]) -> ExitCode {
 }
 
 fn run_services(crates: Option<Vec<String>>) -> ExitCode {
+    // Before logging, which would write to stdout: the document is all that is printed.
+    if std::env::var_os(crate::describe::ENV).is_some() {
+        return crate::describe::run(crates.as_deref());
+    }
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -3,12 +3,16 @@
 //! It consumes operations from exchange `calc` (routing key `operations`), publishes each sum
 //! back to exchange `calc` with routing key `results`, and logs every result it hears.
 //! Its RPC methods: `farine call calc.add '[2, 3]'` and `farine call calc.count '[5]'`.
+//! `farine describe --start calc` prints all of this as an AsyncAPI document, with the JSON
+//! Schemas of [`Operation`] and [`Sum`] (farine's `schema` feature).
 
 use farine::prelude::*;
+use farine::schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A request to add two numbers: `{"a": 2, "b": 3}`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[schemars(crate = "farine::schemars")]
 pub struct Operation {
     pub a: i64,
     pub b: i64,
@@ -39,7 +43,8 @@ pub fn checked_sum(a: i64, b: i64) -> Result<i64, CalcError> {
 }
 
 /// A computed sum: `{"sum": 5}`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[schemars(crate = "farine::schemars")]
 pub struct Sum {
     pub sum: i64,
 }
