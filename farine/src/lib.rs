@@ -70,6 +70,8 @@ pub mod dlq;
 mod entry;
 mod error;
 pub mod execute;
+mod http;
+pub mod metrics;
 pub mod middleware;
 mod observe;
 mod outcome;

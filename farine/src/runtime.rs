@@ -7,9 +7,12 @@ use crate::config::{Config, ServiceConfig};
 use crate::context::{self, ServiceContext};
 use crate::db::{Database, DbSettings};
 use crate::entry;
+use crate::http::{Endpoint, Readiness};
+use crate::metrics::Metrics;
 use crate::middleware::{Chain, Middleware};
 use crate::registry::{self, ServiceRegistration};
 use crate::{Error, Result};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +64,10 @@ pub struct Running {
     /// a caller may drop a stream while it drains, and that stream must stop then too.
     listeners: Vec<tokio::task::JoinHandle<()>>,
     drained: CancellationToken,
+    /// The HTTP endpoint (`http_listen`), its metrics and what `/health/ready` reports.
+    endpoint: Option<Endpoint>,
+    metrics: Option<Metrics>,
+    readiness: Option<Arc<Readiness>>,
 }
 
 impl Runtime {
@@ -114,7 +121,7 @@ impl Runtime {
 
     /// Reads and checks every service's settings, connects, declares the topology and
     /// attaches every entry point; returns once all are attached.
-    pub async fn start(self) -> Result<Running> {
+    pub async fn start(mut self) -> Result<Running> {
         let registrations = self.selected()?;
         let config = Arc::new(self.config.clone());
         // Check every section before touching the network: a bad value stops the start.
@@ -127,6 +134,25 @@ impl Runtime {
                 tracing::info!(service = registration.name, file = %self.config.path().display(), "service disabled (enabled = false): not started");
             }
         }
+        // The endpoint first, so a port already taken stops the start before any connection;
+        // it serves liveness at once, and readiness once every entry point is attached.
+        let (endpoint, metrics, readiness) = match self.config.http_listen()? {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|err| {
+                    self.config
+                        .http_listen_error("DEFAULT", format!("cannot listen on {addr}: {err}"))
+                })?;
+                let metrics = Metrics::new();
+                let readiness = Arc::new(Readiness::default());
+                let endpoint = crate::http::serve(listener, metrics.clone(), readiness.clone());
+                // Outermost: its timing covers the other middleware too.
+                self.middleware
+                    .insert(0, (None, Arc::new(metrics.clone()) as Arc<dyn Middleware>));
+                (Some(endpoint), Some(metrics), Some(readiness))
+            }
+            None => (None, None, None),
+        };
+        let mut attached: Vec<(String, Arc<Broker>)> = Vec::new();
         let shutdown = CancellationToken::new();
         let mut running = Running {
             services: Vec::new(),
@@ -136,6 +162,9 @@ impl Runtime {
             grace: Duration::ZERO,
             listeners: Vec::new(),
             drained: CancellationToken::new(),
+            endpoint,
+            metrics,
+            readiness,
         };
         for (registration, settings) in chosen {
             let def = (registration.build)();
@@ -217,6 +246,10 @@ impl Runtime {
             tracing::info!(service = def.name, broker = %settings.amqp_uri, consumers, rpc_methods = methods, listeners, loops, publishers = def.publishers.len(), "service ready");
             running.grace = running.grace.max(settings.shutdown_grace);
             running.services.push(def.name.to_string());
+            attached.push((def.name.to_string(), broker));
+        }
+        if let Some(readiness) = &running.readiness {
+            readiness.started(attached);
         }
         Ok(running)
     }
@@ -268,6 +301,17 @@ impl Running {
         self.brokers.iter().all(|broker| broker.is_connected())
     }
 
+    /// The address the HTTP endpoint listens on, when `http_listen` is set (with port 0 in
+    /// `http_listen`, the port the system chose).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.as_ref().map(|endpoint| endpoint.addr)
+    }
+
+    /// The metrics served at `/metrics`, when `http_listen` is set.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.metrics.as_ref()
+    }
+
     /// Waits until an entry point stops on its own, which only happens on failure (for
     /// example the broker connection was lost); returns that failure.
     pub async fn failed(&mut self) -> Error {
@@ -286,6 +330,9 @@ impl Running {
     /// Stops consuming, waits for in-flight messages within the grace period, closes the
     /// connections. Unfinished messages return to their queues.
     pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(readiness) = &self.readiness {
+            readiness.stopping();
+        }
         self.shutdown.cancel();
         let bound = self.grace + Duration::from_secs(5);
         let mut first_error = None;

@@ -48,6 +48,7 @@ const TABLES: &[&[Key]] = &[
     super::service::KEYS,
     super::db::KEYS,
     super::sse::KEYS,
+    super::process::KEYS,
     PYTHON_KEYS,
 ];
 
@@ -141,6 +142,7 @@ mod tests {
             "serializer",
             "amqp_ca_file",
             "header.authorization",
+            "http_listen",
         ] {
             assert!(is_known_key(key), "{key}");
         }

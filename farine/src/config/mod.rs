@@ -68,6 +68,7 @@ pub(crate) mod db;
 mod duration;
 mod env;
 pub(crate) mod keys;
+mod process;
 mod secret;
 mod service;
 pub(crate) mod sse;

@@ -1,0 +1,73 @@
+//! Settings of the whole process rather than of one service: read from `[DEFAULT]` only.
+
+use std::net::SocketAddr;
+
+use super::env::substitute_env;
+use super::keys::keys;
+use super::Config;
+use crate::{Error, Result};
+
+keys! {
+    KEYS:
+    /// The process's HTTP endpoint (`/metrics`, `/health/live`, `/health/ready`): a socket
+    /// address such as `127.0.0.1:9464`; unset or empty, no endpoint and no metrics.
+    HTTP_LISTEN = "http_listen",
+}
+
+impl Config {
+    /// `http_listen` from `[DEFAULT]`: where the process serves `/metrics` and its health
+    /// checks, or `None` (the default: a service opens no port nobody asked for). Set in a
+    /// service's section, or not a socket address, it is an [`Error::Config`].
+    ///
+    /// ```
+    /// let config = farine::config::Config::from_str(
+    ///     "[DEFAULT]\namqp_uri = memory://\nhttp_listen = 127.0.0.1:9464\n",
+    ///     "f.ini",
+    /// )?;
+    /// assert_eq!(config.http_listen()?, Some("127.0.0.1:9464".parse().unwrap()));
+    ///
+    /// let bad = farine::config::Config::from_str("[DEFAULT]\nhttp_listen = localhost\n", "f.ini")?;
+    /// assert_eq!(
+    ///     bad.http_listen().unwrap_err().to_string(),
+    ///     "f.ini [DEFAULT] http_listen: expected an IP address and port such as 127.0.0.1:9464, got \"localhost\""
+    /// );
+    /// # Ok::<(), farine::Error>(())
+    /// ```
+    pub fn http_listen(&self) -> Result<Option<SocketAddr>> {
+        let key = HTTP_LISTEN.name();
+        if let Some(section) = self
+            .sections
+            .values()
+            .find(|section| section.values.contains_key(key))
+        {
+            return Err(self.http_listen_error(
+                &section.name,
+                "one endpoint per process: set it in [DEFAULT], not in a service's section",
+            ));
+        }
+        let Some(raw) = self.defaults.values.get(key) else {
+            return Ok(None);
+        };
+        let value = substitute_env(raw).map_err(|err| self.http_listen_error("DEFAULT", err))?;
+        let value = value.trim();
+        if value.is_empty() {
+            return Ok(None);
+        }
+        value.parse().map(Some).map_err(|_| {
+            self.http_listen_error(
+                "DEFAULT",
+                format!("expected an IP address and port such as 127.0.0.1:9464, got {value:?}"),
+            )
+        })
+    }
+
+    /// An [`Error::Config`] about `http_listen` in `section`.
+    pub(crate) fn http_listen_error(&self, section: &str, message: impl Into<String>) -> Error {
+        Error::Config {
+            file: self.path.clone(),
+            section: section.to_owned(),
+            key: HTTP_LISTEN.name().to_owned(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Metrics in the Prometheus (OpenMetrics) text format, recorded by a built-in
+//! [middleware](crate::middleware) around every delivery an entry point handles.
+//!
+//! The runtime installs it, outermost, on every service when `http_listen` is set in
+//! `[DEFAULT]`, and serves [`Metrics::encode`] at `GET /metrics`. Every series carries the
+//! labels `service`, `entry_point` (`service.method`) and `kind` (`consume` or `rpc`):
+//!
+//! | name | type | what |
+//! |---|---|---|
+//! | `farine_deliveries_handled_total` | counter | deliveries that went through the handler, however they ended |
+//! | `farine_deliveries_failed_total` | counter | those whose method failed (retried, dead-lettered, an RPC error answered, or requeued) |
+//! | `farine_deliveries_retried_total` | counter | failed and sent to a delay queue to be tried again |
+//! | `farine_deliveries_dead_lettered_total` | counter | parked in `<queue>.dlq` |
+//! | `farine_deliveries_requeued_total` | counter | given back to the broker unhandled (shutdown, a middleware) |
+//! | `farine_handling_duration_seconds` | histogram | time from delivery to ack, reply or retry |
+//! | `farine_deliveries_in_flight` | gauge | deliveries being handled now |
+//!
+//! ```
+//! # async fn demo(config: farine::Config) -> farine::Result<()> {
+//! // Without the endpoint (a test, or an application serving metrics itself):
+//! let metrics = farine::metrics::Metrics::new();
+//! let running = farine::Runtime::new(config).middleware(metrics.clone()).start().await?;
+//! println!("{}", metrics.encode());
+//! # Ok(()) }
+//! ```
+
+use crate::middleware::{Call, Disposition, EntryKind, Handled, Middleware, Next};
+use futures::future::BoxFuture;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The content type of [`Metrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Seconds: Prometheus's usual buckets, from 5 ms to 10 s.
+const DURATION_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The labels of every entry point series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EntryLabels {
+    service: String,
+    entry_point: String,
+    kind: &'static str,
+}
+
+impl EntryLabels {
+    fn of(call: &Call<'_>) -> EntryLabels {
+        EntryLabels {
+            service: call.service.to_owned(),
+            entry_point: call.entry_point.to_owned(),
+            kind: match call.kind {
+                EntryKind::Consume => "consume",
+                EntryKind::Rpc => "rpc",
+            },
+        }
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+struct Inner {
+    registry: Registry,
+    handled: Family<EntryLabels, Counter>,
+    failed: Family<EntryLabels, Counter>,
+    retried: Family<EntryLabels, Counter>,
+    dead_lettered: Family<EntryLabels, Counter>,
+    requeued: Family<EntryLabels, Counter>,
+    duration: Family<EntryLabels, Histogram, fn() -> Histogram>,
+    in_flight: Family<EntryLabels, Gauge>,
+}
+
+/// The metrics of one runtime (its own registry: two runtimes in one process do not mix
+/// their counts). Cheap to clone; a [`Middleware`] that records every delivery.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("farine");
+        let handled = Family::<EntryLabels, Counter>::default();
+        let failed = Family::<EntryLabels, Counter>::default();
+        let retried = Family::<EntryLabels, Counter>::default();
+        let dead_lettered = Family::<EntryLabels, Counter>::default();
+        let requeued = Family::<EntryLabels, Counter>::default();
+        let duration = Family::<EntryLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram,
+        );
+        let in_flight = Family::<EntryLabels, Gauge>::default();
+        // Counters get their `_total` suffix from the encoder.
+        registry.register(
+            "deliveries_handled",
+            "Deliveries an entry point handled, however they ended",
+            handled.clone(),
+        );
+        registry.register(
+            "deliveries_failed",
+            "Deliveries whose method failed (retried, dead-lettered, answered with an error, or requeued)",
+            failed.clone(),
+        );
+        registry.register(
+            "deliveries_retried",
+            "Failed deliveries sent to a delay queue to be tried again",
+            retried.clone(),
+        );
+        registry.register(
+            "deliveries_dead_lettered",
+            "Failed deliveries parked in the queue's .dlq",
+            dead_lettered.clone(),
+        );
+        registry.register(
+            "deliveries_requeued",
+            "Deliveries given back to the broker unhandled",
+            requeued.clone(),
+        );
+        registry.register(
+            "handling_duration_seconds",
+            "Time from a delivery to its ack, reply or retry",
+            duration.clone(),
+        );
+        registry.register(
+            "deliveries_in_flight",
+            "Deliveries being handled now",
+            in_flight.clone(),
+        );
+        Metrics(Arc::new(Inner {
+            registry,
+            handled,
+            failed,
+            retried,
+            dead_lettered,
+            requeued,
+            duration,
+            in_flight,
+        }))
+    }
+
+    /// Every metric, in the OpenMetrics text format Prometheus scrapes ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.0.registry);
+        text
+    }
+
+    fn record(&self, labels: &EntryLabels, handled: &Handled, seconds: f64) {
+        let inner = &self.0;
+        inner.handled.get_or_create(labels).inc();
+        if !handled.is_done() {
+            inner.failed.get_or_create(labels).inc();
+        }
+        match handled.disposition {
+            Disposition::Retried => {
+                inner.retried.get_or_create(labels).inc();
+            }
+            Disposition::DeadLettered => {
+                inner.dead_lettered.get_or_create(labels).inc();
+            }
+            Disposition::Requeued => {
+                inner.requeued.get_or_create(labels).inc();
+            }
+            Disposition::Acked => {}
+        }
+        inner.duration.get_or_create(labels).observe(seconds);
+    }
+}
+
+/// Takes one off the in-flight gauge when the handling ends, even if it is dropped (a
+/// shutdown that stops waiting).
+struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Middleware for Metrics {
+    fn around<'a>(&'a self, call: &'a Call<'a>, next: Next<'a>) -> BoxFuture<'a, Handled> {
+        Box::pin(async move {
+            let labels = EntryLabels::of(call);
+            let gauge = self.0.in_flight.get_or_create_owned(&labels);
+            gauge.inc();
+            let _in_flight = InFlight(gauge);
+            let started = Instant::now();
+            let handled = next.run().await;
+            self.record(&labels, &handled, started.elapsed().as_secs_f64());
+            handled
+        })
+    }
+}
