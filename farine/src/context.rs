@@ -28,6 +28,8 @@ pub struct ServiceContext {
     pub(crate) streams: Streams,
     /// What runs around each delivery its entry points handle.
     pub(crate) middleware: crate::middleware::Chain,
+    /// Where the service's client counts its calls, when metrics are on.
+    pub(crate) metrics: Option<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for ServiceContext {
@@ -54,6 +56,7 @@ impl ServiceContext {
             client: tokio::sync::OnceCell::new(),
             streams: Streams::default(),
             middleware,
+            metrics: None,
         }
     }
 
@@ -73,7 +76,13 @@ impl ServiceContext {
     /// The service's RPC client, sharing the service's connections.
     pub async fn client(&self) -> Result<Client> {
         self.client
-            .get_or_try_init(|| Client::with_broker(self.broker.clone(), self.config.clone()))
+            .get_or_try_init(|| {
+                let metrics = self
+                    .metrics
+                    .clone()
+                    .map(|metrics| (metrics, self.settings.name.clone()));
+                Client::with_broker(self.broker.clone(), self.config.clone(), metrics)
+            })
             .await
             .cloned()
     }

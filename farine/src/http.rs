@@ -14,16 +14,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::net::TcpListener;
 
+/// The services started, each with its broker connection.
+pub(crate) type Started = Vec<(String, Arc<Broker>)>;
+
 /// What `/health/ready` looks at: the services once started, each with its connection.
 #[derive(Default)]
 pub(crate) struct Readiness {
-    services: RwLock<Option<Vec<(String, Arc<Broker>)>>>,
+    services: RwLock<Option<Started>>,
     stopping: AtomicBool,
 }
 
 impl Readiness {
     /// Every entry point of these services is attached.
-    pub(crate) fn started(&self, services: Vec<(String, Arc<Broker>)>) {
+    pub(crate) fn started(&self, services: Started) {
         *self.services.write().unwrap_or_else(|e| e.into_inner()) = Some(services);
     }
 

@@ -15,6 +15,12 @@
 //! | `farine_handling_duration_seconds` | histogram | time from delivery to ack, reply or retry |
 //! | `farine_deliveries_in_flight` | gauge | deliveries being handled now |
 //!
+//! And the unary calls a service's injected RPC client makes (labels `service`, the caller,
+//! and `call`, `target.method`): `farine_rpc_client_calls_total`,
+//! `farine_rpc_client_errors_total` (every call that did not return a value, timeouts
+//! included), `farine_rpc_client_timeouts_total` and the histogram
+//! `farine_rpc_client_duration_seconds`.
+//!
 //! ```
 //! # async fn demo(config: farine::Config) -> farine::Result<()> {
 //! // Without the endpoint (a test, or an application serving metrics itself):
@@ -64,6 +70,13 @@ impl EntryLabels {
     }
 }
 
+/// The labels of the RPC client's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    service: String,
+    call: String,
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
@@ -77,6 +90,10 @@ struct Inner {
     requeued: Family<EntryLabels, Counter>,
     duration: Family<EntryLabels, Histogram, fn() -> Histogram>,
     in_flight: Family<EntryLabels, Gauge>,
+    client_calls: Family<CallLabels, Counter>,
+    client_errors: Family<CallLabels, Counter>,
+    client_timeouts: Family<CallLabels, Counter>,
+    client_duration: Family<CallLabels, Histogram, fn() -> Histogram>,
 }
 
 /// The metrics of one runtime (its own registry: two runtimes in one process do not mix
@@ -138,7 +155,38 @@ impl Metrics {
             "Deliveries being handled now",
             in_flight.clone(),
         );
+        let client_calls = Family::<CallLabels, Counter>::default();
+        let client_errors = Family::<CallLabels, Counter>::default();
+        let client_timeouts = Family::<CallLabels, Counter>::default();
+        let client_duration =
+            Family::<CallLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        registry.register(
+            "rpc_client_calls",
+            "Unary RPC calls a service made",
+            client_calls.clone(),
+        );
+        registry.register(
+            "rpc_client_errors",
+            "Unary RPC calls that returned no value (an error answered, a timeout, a lost connection)",
+            client_errors.clone(),
+        );
+        registry.register(
+            "rpc_client_timeouts",
+            "Unary RPC calls that got no reply in time",
+            client_timeouts.clone(),
+        );
+        registry.register(
+            "rpc_client_duration_seconds",
+            "Time from a unary RPC request to its result",
+            client_duration.clone(),
+        );
         Metrics(Arc::new(Inner {
+            client_calls,
+            client_errors,
+            client_timeouts,
+            client_duration,
             registry,
             handled,
             failed,
@@ -156,6 +204,32 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.0.registry);
         text
+    }
+
+    /// One unary call `call` (`target.method`) that `service` made, and how it ended.
+    pub(crate) fn rpc_call<T>(
+        &self,
+        service: &str,
+        call: &str,
+        result: &crate::Result<T>,
+        seconds: f64,
+    ) {
+        let inner = &self.0;
+        let labels = CallLabels {
+            service: service.to_owned(),
+            call: call.to_owned(),
+        };
+        inner.client_calls.get_or_create(&labels).inc();
+        if let Err(err) = result {
+            inner.client_errors.get_or_create(&labels).inc();
+            if matches!(err, crate::Error::Timeout { .. }) {
+                inner.client_timeouts.get_or_create(&labels).inc();
+            }
+        }
+        inner
+            .client_duration
+            .get_or_create(&labels)
+            .observe(seconds);
     }
 
     fn record(&self, labels: &EntryLabels, handled: &Handled, seconds: f64) {

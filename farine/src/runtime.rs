@@ -194,13 +194,15 @@ impl Runtime {
                 None => None,
             };
             let settings = Arc::new(settings);
-            let service = Arc::new(ServiceContext::new(
+            let mut service = ServiceContext::new(
                 broker.clone(),
                 settings.clone(),
                 config.clone(),
                 db,
                 self.chain_for(def.name),
-            ));
+            );
+            service.metrics = running.metrics.clone();
+            let service = Arc::new(service);
             context::register(def.name, service.clone());
             for publisher in &def.publishers {
                 if settings.auto_declare {

@@ -29,6 +29,13 @@ impl Metered {
         Err("no".into())
     }
 
+    /// Calls `add` and `fail` through the service's own injected client.
+    #[rpc::method]
+    async fn relay(&self, me: MeteredClient, a: i64) -> farine::Result<i64> {
+        let _ = me.fail().await;
+        me.add(a, a).await
+    }
+
     /// Fails every time: retried once, then parked.
     #[amqp::consume(routing_key = "jobs", queue = "t_metrics.jobs")]
     async fn on_job(&self, _job: Value) -> Result<(), String> {
@@ -212,6 +219,7 @@ async fn the_endpoint_serves_metrics_and_health_against_rabbitmq() {
     for _ in 0..3 {
         assert_eq!(client.add(2, 3).await.expect("add"), 5);
     }
+    assert_eq!(client.relay(4).await.expect("relay"), 8);
     let raw = support::Raw::connect().await;
     raw.publish("t_metrics", "jobs", b"{}").await;
     raw.publish("t_metrics", "ok", b"{}").await;
@@ -235,21 +243,22 @@ async fn the_endpoint_serves_metrics_and_health_against_rabbitmq() {
                 &text,
                 "farine_deliveries_handled_total",
                 &labels("add", "rpc"),
-            ) == Some(3.0);
+            ) == Some(4.0);
         if done || tokio::time::Instant::now() >= deadline {
             break text;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // Three calls from the test, one from `relay`.
     let add = labels("add", "rpc");
     assert_eq!(
         sample(&text, "farine_deliveries_handled_total", &add),
-        Some(3.0),
+        Some(4.0),
         "{text}"
     );
     assert_eq!(
         sample(&text, "farine_handling_duration_seconds_count", &add),
-        Some(3.0)
+        Some(4.0)
     );
     assert_eq!(
         sample(
@@ -257,7 +266,7 @@ async fn the_endpoint_serves_metrics_and_health_against_rabbitmq() {
             "farine_handling_duration_seconds_bucket",
             &format!("le=\"+Inf\",{add}")
         ),
-        Some(3.0),
+        Some(4.0),
         "{text}"
     );
     assert_eq!(
@@ -279,6 +288,38 @@ async fn the_endpoint_serves_metrics_and_health_against_rabbitmq() {
     );
     assert_eq!(
         sample(&text, "farine_deliveries_dead_lettered_total", &job),
+        Some(1.0)
+    );
+
+    // The service's own client: its calls, by caller and target.
+    let made = |call: &str| format!("service=\"t_metrics\",call=\"t_metrics.{call}\"");
+    assert_eq!(
+        sample(&text, "farine_rpc_client_calls_total", &made("add")),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "farine_rpc_client_calls_total", &made("fail")),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "farine_rpc_client_errors_total", &made("fail")),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "farine_rpc_client_errors_total", &made("add")),
+        None
+    );
+    assert_eq!(
+        sample(&text, "farine_rpc_client_timeouts_total", &made("fail")),
+        None
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "farine_rpc_client_duration_seconds_count",
+            &made("add")
+        ),
         Some(1.0)
     );
 

@@ -60,6 +60,8 @@ struct Inner {
     bound: tokio::sync::Mutex<HashSet<String>>,
     settings: Mutex<HashMap<String, Arc<ServiceConfig>>>,
     dispatcher: tokio::task::JoinHandle<()>,
+    /// A service's client when metrics are on: where its calls are counted, and the service.
+    metrics: Option<(crate::metrics::Metrics, String)>,
 }
 
 impl Drop for Inner {
@@ -83,11 +85,15 @@ impl Client {
     pub async fn connect(config: &Config) -> Result<Client> {
         let settings = config.service("farine-client")?;
         let broker = Arc::new(Broker::for_service(&settings).await?);
-        Client::with_broker(broker, Arc::new(config.clone())).await
+        Client::with_broker(broker, Arc::new(config.clone()), None).await
     }
 
     /// A client on an existing broker connection (a service's own).
-    pub(crate) async fn with_broker(broker: Arc<Broker>, config: Arc<Config>) -> Result<Client> {
+    pub(crate) async fn with_broker(
+        broker: Arc<Broker>,
+        config: Arc<Config>,
+        metrics: Option<(crate::metrics::Metrics, String)>,
+    ) -> Result<Client> {
         let reply_queue = format!(
             "{}{}",
             super::names::REPLY_QUEUE_PREFIX,
@@ -109,6 +115,7 @@ impl Client {
                 bound: Default::default(),
                 settings: Default::default(),
                 dispatcher,
+                metrics,
             }),
         })
     }
@@ -214,6 +221,8 @@ impl Client {
         }
         .boxed();
         Ok(Replies {
+            started: std::time::Instant::now(),
+            metrics: self.inner.metrics.clone(),
             confirm: Some(confirm),
             call,
             receiver,
@@ -456,6 +465,9 @@ impl Drop for CallGuard {
 /// The frames of one call, with its deadlines.
 pub struct Replies {
     call: String,
+    /// When the request was sent, and where a unary call's result is counted.
+    started: std::time::Instant,
+    metrics: Option<(crate::metrics::Metrics, String)>,
     /// The broker's confirm of the request, while it has not come (see `request_unary`).
     confirm: Option<BoxFuture<'static, Result<()>>>,
     receiver: mpsc::UnboundedReceiver<Incoming>,
@@ -474,6 +486,15 @@ pub struct Replies {
 impl Replies {
     /// The single result of a unary call.
     pub async fn unary(mut self) -> Result<Value> {
+        let result = self.unary_result().await;
+        if let Some((metrics, service)) = &self.metrics {
+            let seconds = self.started.elapsed().as_secs_f64();
+            metrics.rpc_call(service, &self.call, &result, seconds);
+        }
+        result
+    }
+
+    async fn unary_result(&mut self) -> Result<Value> {
         match self.next().await {
             Some(result) => {
                 self.guard.finished = true;
