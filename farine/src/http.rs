@@ -14,19 +14,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::net::TcpListener;
 
-/// The services started, each with its broker connection.
-pub(crate) type Started = Vec<(String, Arc<Broker>)>;
+/// A service started: its broker connection and its database pool, if any.
+pub(crate) struct Started {
+    pub(crate) service: String,
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) db: Option<Arc<crate::db::Database>>,
+}
 
 /// What `/health/ready` looks at: the services once started, each with its connection.
 #[derive(Default)]
 pub(crate) struct Readiness {
-    services: RwLock<Option<Started>>,
+    services: RwLock<Option<Vec<Started>>>,
     stopping: AtomicBool,
 }
 
 impl Readiness {
     /// Every entry point of these services is attached.
-    pub(crate) fn started(&self, services: Started) {
+    pub(crate) fn started(&self, services: Vec<Started>) {
         *self.services.write().unwrap_or_else(|e| e.into_inner()) = Some(services);
     }
 
@@ -53,21 +57,25 @@ impl Readiness {
         let mut not_ready = Vec::new();
         let detail: Vec<serde_json::Value> = services
             .iter()
-            .map(|(service, broker)| {
-                let connected = broker.is_connected();
-                if !connected {
-                    not_ready.push(format!(
-                        "service {service}: broker {} not connected (entry points detached)",
-                        broker.uri()
-                    ));
-                }
-                json!({
-                    "service": service,
-                    "broker": broker.uri().to_string(),
-                    "connected": connected,
-                    "entry_points_attached": connected,
-                })
-            })
+            .map(
+                |Started {
+                     service, broker, ..
+                 }| {
+                    let connected = broker.is_connected();
+                    if !connected {
+                        not_ready.push(format!(
+                            "service {service}: broker {} not connected (entry points detached)",
+                            broker.uri()
+                        ));
+                    }
+                    json!({
+                        "service": service,
+                        "broker": broker.uri().to_string(),
+                        "connected": connected,
+                        "entry_points_attached": connected,
+                    })
+                },
+            )
             .collect();
         let ready = not_ready.is_empty();
         let mut body = json!({"ready": ready, "services": detail});
@@ -120,6 +128,25 @@ pub(crate) fn serve(
 }
 
 async fn metrics_text(State(shared): State<Shared>) -> Response {
+    // The gauges of the process's state are read when scraped.
+    if let Some(services) = shared
+        .readiness
+        .services
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        for started in services {
+            shared.metrics.state(
+                &started.service,
+                started.broker.is_connected(),
+                started
+                    .db
+                    .as_ref()
+                    .map(|db| (db.pool().size(), db.pool().num_idle())),
+            );
+        }
+    }
     (
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
         shared.metrics.encode(),

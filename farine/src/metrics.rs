@@ -15,6 +15,10 @@
 //! | `farine_handling_duration_seconds` | histogram | time from delivery to ack, reply or retry |
 //! | `farine_deliveries_in_flight` | gauge | deliveries being handled now |
 //!
+//! The state of each service, read when `/metrics` is scraped (label `service`):
+//! `farine_broker_connected` (1 while its broker connection is up, else 0), and with a
+//! database `farine_db_pool_connections` and `farine_db_pool_idle_connections`.
+//!
 //! And the unary calls a service's injected RPC client makes (labels `service`, the caller,
 //! and `call`, `target.method`): `farine_rpc_client_calls_total`,
 //! `farine_rpc_client_errors_total` (every call that did not return a value, timeouts
@@ -70,6 +74,12 @@ impl EntryLabels {
     }
 }
 
+/// The label of a service's state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
 /// The labels of the RPC client's series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -94,6 +104,9 @@ struct Inner {
     client_errors: Family<CallLabels, Counter>,
     client_timeouts: Family<CallLabels, Counter>,
     client_duration: Family<CallLabels, Histogram, fn() -> Histogram>,
+    broker_connected: Family<ServiceLabels, Gauge>,
+    db_connections: Family<ServiceLabels, Gauge>,
+    db_idle: Family<ServiceLabels, Gauge>,
 }
 
 /// The metrics of one runtime (its own registry: two runtimes in one process do not mix
@@ -182,7 +195,28 @@ impl Metrics {
             "Time from a unary RPC request to its result",
             client_duration.clone(),
         );
+        let broker_connected = Family::<ServiceLabels, Gauge>::default();
+        let db_connections = Family::<ServiceLabels, Gauge>::default();
+        let db_idle = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "broker_connected",
+            "1 while the service's broker connection is up, else 0",
+            broker_connected.clone(),
+        );
+        registry.register(
+            "db_pool_connections",
+            "Connections open in the service's database pool",
+            db_connections.clone(),
+        );
+        registry.register(
+            "db_pool_idle_connections",
+            "Idle connections in the service's database pool",
+            db_idle.clone(),
+        );
         Metrics(Arc::new(Inner {
+            broker_connected,
+            db_connections,
+            db_idle,
             client_calls,
             client_errors,
             client_timeouts,
@@ -204,6 +238,28 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.0.registry);
         text
+    }
+
+    /// The state of `service` now: its connection, and its pool (open, idle connections).
+    pub(crate) fn state(&self, service: &str, connected: bool, pool: Option<(u32, usize)>) {
+        let inner = &self.0;
+        let labels = ServiceLabels {
+            service: service.to_owned(),
+        };
+        inner
+            .broker_connected
+            .get_or_create(&labels)
+            .set(i64::from(connected));
+        if let Some((open, idle)) = pool {
+            inner
+                .db_connections
+                .get_or_create(&labels)
+                .set(i64::from(open));
+            inner
+                .db_idle
+                .get_or_create(&labels)
+                .set(i64::try_from(idle).unwrap_or(i64::MAX));
+        }
     }
 
     /// One unary call `call` (`target.method`) that `service` made, and how it ended.

@@ -152,7 +152,7 @@ impl Runtime {
             }
             None => (None, None, None),
         };
-        let mut attached: Vec<(String, Arc<Broker>)> = Vec::new();
+        let mut attached: Vec<crate::http::Started> = Vec::new();
         let shutdown = CancellationToken::new();
         let mut running = Running {
             services: Vec::new(),
@@ -248,7 +248,11 @@ impl Runtime {
             tracing::info!(service = def.name, broker = %settings.amqp_uri, consumers, rpc_methods = methods, listeners, loops, publishers = def.publishers.len(), "service ready");
             running.grace = running.grace.max(settings.shutdown_grace);
             running.services.push(def.name.to_string());
-            attached.push((def.name.to_string(), broker));
+            attached.push(crate::http::Started {
+                service: def.name.to_string(),
+                broker,
+                db: service.db.clone(),
+            });
         }
         if let Some(readiness) = &running.readiness {
             readiness.started(attached);

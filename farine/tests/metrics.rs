@@ -323,6 +323,11 @@ async fn the_endpoint_serves_metrics_and_health_against_rabbitmq() {
         Some(1.0)
     );
 
+    assert_eq!(
+        sample(&text, "farine_broker_connected", "service=\"t_metrics\""),
+        Some(1.0)
+    );
+
     let (status, _, _) = get(addr, "/nothing").await;
     assert_eq!(status, 404);
     running.shutdown().await.expect("stop");
