@@ -20,6 +20,8 @@ pub use crate::transport::amqp::{CONNECT_WAIT, PUBLISH_WAIT};
 pub struct Broker {
     uri: AmqpUri,
     transport: Box<dyn Transport>,
+    /// Entry points on this connection that lost their consumer and have not re-attached.
+    detached: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Broker {
@@ -84,7 +86,11 @@ impl Broker {
 
     /// A broker over any transport.
     pub fn on(uri: AmqpUri, transport: Box<dyn Transport>) -> Broker {
-        Broker { uri, transport }
+        Broker {
+            uri,
+            transport,
+            detached: Default::default(),
+        }
     }
 
     /// The transport underneath.
@@ -104,6 +110,24 @@ impl Broker {
 
     pub fn is_connected(&self) -> bool {
         self.transport.is_connected()
+    }
+
+    /// How many entry points on this connection are waiting to re-attach their consumer
+    /// (after a lost connection or a deleted queue): ready means connected and none.
+    pub fn detached(&self) -> usize {
+        self.detached.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// An entry point lost its consumer (`attached = false`) or has it again (`true`).
+    pub(crate) fn mark_attached(&self, attached: bool) {
+        use std::sync::atomic::Ordering;
+        if attached {
+            let _ = self
+                .detached
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        } else {
+            self.detached.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Declares topology; an exchange once per process, and one that exists with other

@@ -62,17 +62,23 @@ impl Readiness {
                      service, broker, ..
                  }| {
                     let connected = broker.is_connected();
+                    let detached = broker.detached();
                     if !connected {
                         not_ready.push(format!(
-                            "service {service}: broker {} not connected (entry points detached)",
+                            "service {service}: broker {} not connected",
                             broker.uri()
+                        ));
+                    }
+                    if detached > 0 {
+                        not_ready.push(format!(
+                            "service {service}: {detached} entry point(s) waiting to re-attach"
                         ));
                     }
                     json!({
                         "service": service,
                         "broker": broker.uri().to_string(),
                         "connected": connected,
-                        "entry_points_attached": connected,
+                        "entry_points_attached": connected && detached == 0,
                     })
                 },
             )

@@ -304,7 +304,9 @@ impl Running {
     /// (lapin re-attaches them after a reconnect). Also in the logs: "service ready" at start,
     /// then "connection lost" and "re-attached after reconnecting" per entry point.
     pub fn is_ready(&self) -> bool {
-        self.brokers.iter().all(|broker| broker.is_connected())
+        self.brokers
+            .iter()
+            .all(|broker| broker.is_connected() && broker.detached() == 0)
     }
 
     /// The address the HTTP endpoint listens on, when `http_listen` is set (with port 0 in

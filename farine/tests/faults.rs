@@ -249,3 +249,66 @@ async fn the_service_survives_a_database_restart() {
         .await;
     raw.delete_exchanges(&["t_fault_db"]).await;
 }
+
+/// `GET path` over HTTP/1.0: the status, or `None` when nothing answers within a second.
+async fn status_of(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        response.split(' ').nth(1)?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(1), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Polls `/health/ready` every 50 ms until it answers `status`; how long that took.
+async fn ready_turns(addr: std::net::SocketAddr, status: u16, within: Duration) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if status_of(addr, "/health/ready").await == Some(status) {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("/health/ready did not answer {status} within {within:?}");
+}
+
+/// Readiness follows the broker: 503 within 2 s of `stop_app`, 200 again within 5 s of
+/// `start_app` (once the entry points are attached again), liveness 200 throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts the broker: run alone by .ci/test"]
+async fn readiness_turns_503_while_the_broker_is_down_and_200_once_back() {
+    support::require_rabbitmq();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let running = farine::Runtime::new(config(&format!(
+        "http_listen = 127.0.0.1:{port}\n[t_fault]\nheartbeat = 5\n"
+    )))
+    .only(["t_fault"])
+    .start()
+    .await
+    .expect("service starts");
+    let addr = running.http_addr().expect("the endpoint is on");
+    ready_turns(addr, 200, Duration::from_secs(5)).await;
+
+    let stopped = BrokerStopped::now();
+    let down = ready_turns(addr, 503, Duration::from_secs(10)).await;
+    assert_eq!(status_of(addr, "/health/live").await, Some(200));
+    // From the moment start_app is called (drop runs start_app, then await_startup).
+    let restarting = Instant::now();
+    drop(stopped);
+    ready_turns(addr, 200, Duration::from_secs(30)).await;
+    let back = restarting.elapsed();
+    eprintln!("readiness: 503 after {down:?} of stop_app, 200 after {back:?} of start_app");
+    running.shutdown().await.expect("clean stop");
+    assert!(down <= Duration::from_secs(2), "503 only after {down:?}");
+    assert!(back <= Duration::from_secs(5), "200 only after {back:?}");
+}

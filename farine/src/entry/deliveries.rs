@@ -22,6 +22,8 @@ pub(crate) struct DeliveryLoop {
     queue: String,
     subscription: Box<dyn Subscription>,
     calls: Arc<Semaphore>,
+    /// Told when the consumer is lost and when it is back (readiness).
+    broker: Arc<Broker>,
 }
 
 /// An entry point's own queue bound to its exchange, declared as the service's section says
@@ -75,7 +77,7 @@ impl DeliveryLoop {
     /// Declares the subscription's topology and starts consuming its queue; at most
     /// `concurrency` methods run at once.
     pub(crate) async fn start(
-        broker: &Broker,
+        broker: &Arc<Broker>,
         subscribe: Subscribe,
         concurrency: u16,
     ) -> Result<Self> {
@@ -86,6 +88,7 @@ impl DeliveryLoop {
             queue,
             subscription,
             calls: Arc::new(Semaphore::new(usize::from(concurrency.max(1)))),
+            broker: broker.clone(),
         })
     }
 
@@ -157,15 +160,23 @@ impl DeliveryLoop {
                         // The transport reconnects and re-attaches this consumer; unacked
                         // deliveries come back (acks of old ones are dropped).
                         tracing::warn!(entry_point = %label, "connection lost, waiting for the broker: {err}");
+                        self.broker.mark_attached(false);
                         match self.subscription.recover().await {
-                            Ok(()) => tracing::info!(entry_point = %label, "re-attached after reconnecting"),
+                            Ok(()) => {
+                                self.broker.mark_attached(true);
+                                tracing::info!(entry_point = %label, "re-attached after reconnecting")
+                            }
                             Err(err) => break Some(format!("the consumer failed and cannot recover: {err}")),
                         }
                     }
                     Next::Cancelled => {
                         tracing::warn!(entry_point = %label, queue = %self.queue, "the broker cancelled the consumer (was the queue deleted?): declaring it again and re-attaching");
+                        self.broker.mark_attached(false);
                         match self.reattach(&shutdown).await {
-                            Some(Ok(())) => tracing::info!(entry_point = %label, queue = %self.queue, "re-attached"),
+                            Some(Ok(())) => {
+                                self.broker.mark_attached(true);
+                                tracing::info!(entry_point = %label, queue = %self.queue, "re-attached")
+                            }
                             Some(Err(err)) => break Some(err.to_string()),
                             None => break None,
                         }
