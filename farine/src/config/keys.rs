@@ -48,6 +48,7 @@ const TABLES: &[&[Key]] = &[
     super::service::KEYS,
     super::db::KEYS,
     super::sse::KEYS,
+    super::log::KEYS,
     PYTHON_KEYS,
 ];
 
