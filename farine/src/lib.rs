@@ -82,6 +82,7 @@ pub mod runtime;
 pub mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 pub mod transport;
 
 pub use config::Config;

@@ -7,6 +7,9 @@
 //! the ack. It calls [`Next::run`] once to go on (or answers without calling it, which leaves
 //! the delivery unhandled: it is requeued).
 //!
+//! The runtime's own tracing middleware ([`crate::trace`]) is always the outermost: the
+//! others run inside the delivery's `farine.handle` span and trace context.
+//!
 //! ```
 //! use farine::middleware::{Call, Handled, Middleware, Next};
 //! use futures::future::BoxFuture;

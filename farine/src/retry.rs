@@ -156,6 +156,16 @@ fn came_back_from_retry(delivery: &Message, queue: &str) -> bool {
         && field("queue").is_some_and(|q| q.starts_with(&retry_prefix))
 }
 
+/// How many times this delivery was already retried ([`Origin::of`]'s `attempts`, without
+/// copying its exchange and routing key).
+pub(crate) fn retried(delivery: &Message, queue: &str) -> u32 {
+    if came_back_from_retry(delivery, queue) {
+        attempts(&delivery.properties)
+    } else {
+        0
+    }
+}
+
 /// How many times this message was already retried, by its `x-farine-attempts` header.
 pub(crate) fn attempts(properties: &Properties) -> u32 {
     properties

@@ -3,7 +3,7 @@
 //! then closes the connections. A second signal exits at once.
 
 use crate::broker::Broker;
-use crate::config::{Config, ServiceConfig};
+use crate::config::{Config, LogFormat, LogSettings, ServiceConfig};
 use crate::context::{self, ServiceContext};
 use crate::db::{Database, DbSettings};
 use crate::entry;
@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
 
 /// The environment variable that puts a service binary in migration mode: when set, `run`
 /// applies the sqlx migrations in the folder it names to every service's database, then
@@ -108,13 +110,19 @@ impl Runtime {
         self
     }
 
-    /// The middleware of one service, outermost first.
+    /// The middleware of one service, outermost first: the built-in tracing (the
+    /// `farine.handle` span and the delivery's trace context, see [`crate::trace`]), then the
+    /// runtime's.
     fn chain_for(&self, service: &str) -> Chain {
+        let tracing: Arc<dyn Middleware> = Arc::new(crate::trace::Tracing);
         Chain::new(
-            self.middleware
-                .iter()
-                .filter(|(only, _)| only.as_deref().is_none_or(|only| only == service))
-                .map(|(_, middleware)| middleware.clone())
+            std::iter::once(tracing)
+                .chain(
+                    self.middleware
+                        .iter()
+                        .filter(|(only, _)| only.as_deref().is_none_or(|only| only == service))
+                        .map(|(_, middleware)| middleware.clone()),
+                )
                 .collect(),
         )
     }
@@ -376,10 +384,32 @@ impl Running {
     }
 }
 
-/// Sets up logging: `RUST_LOG` if set, else `info`.
+/// Sets up logging: human-readable lines, at the levels of `RUST_LOG` if set, else `info`.
 pub fn init_logging() {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    init_logging_with(&LogSettings::default());
+}
+
+/// Sets up logging as `[DEFAULT]`'s `log_format` (`text` or `json`: one object per line, with
+/// the fields of the event and of its spans) and `log_level` say. `RUST_LOG`, when set, wins
+/// over `log_level`. Does nothing when the process already has a logger.
+pub fn init_logging_with(settings: &LogSettings) {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let _ = subscriber(settings, rust_log.as_deref(), std::io::stdout, ansi).try_init();
+}
+
+/// The levels: `rust_log` if set and valid, else `log_level`, else `info`; lapin kept quiet.
+fn filter(settings: &LogSettings, rust_log: Option<&str>) -> EnvFilter {
+    let mut filter = rust_log
+        .filter(|value| !value.trim().is_empty())
+        .and_then(|value| EnvFilter::try_new(value).ok())
+        .or_else(|| {
+            settings
+                .level
+                .as_deref()
+                .and_then(|level| EnvFilter::try_new(level).ok())
+        })
+        .unwrap_or_else(|| EnvFilter::new("info"));
     // lapin logs every returned message whole (its body as a list of decimal bytes: a
     // 15 MiB body makes a 60 MiB line); farine reports unroutable messages itself.
     if let Ok(quiet) = "lapin::returned_messages=error".parse() {
@@ -390,11 +420,32 @@ pub fn init_logging() {
     {
         filter = filter.add_directive(quiet);
     }
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .try_init();
+    filter
+}
+
+/// The logger `settings` describe, writing to `writer`.
+fn subscriber<W>(
+    settings: &LogSettings,
+    rust_log: Option<&str>,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter(settings, rust_log))
+        .with_writer(writer);
+    match settings.format {
+        LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .with_current_span(true)
+                .with_span_list(true)
+                .finish(),
+        ),
+    }
 }
 
 /// Runs every service compiled into the binary, configured from `FARINE_INI`, until SIGINT
@@ -418,7 +469,24 @@ fn run_services(crates: Option<Vec<String>>) -> ExitCode {
     if std::env::var_os(crate::describe::ENV).is_some() {
         return crate::describe::run(crates.as_deref());
     }
-    init_logging();
+    // Read first for its logging keys; a file that cannot be read is reported below, once.
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("farine: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match LogSettings::from_config(&config) {
+        Ok(settings) => {
+            init_logging_with(&settings);
+            config.warn_unknown_keys();
+        }
+        Err(err) => {
+            eprintln!("farine: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -429,7 +497,7 @@ fn run_services(crates: Option<Vec<String>>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(crates)) {
+    match runtime.block_on(serve(crates, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // Once, on stderr: logging it as well printed every start-up error twice.
@@ -439,11 +507,10 @@ fn run_services(crates: Option<Vec<String>>) -> ExitCode {
     }
 }
 
-async fn serve(crates: Option<Vec<String>>) -> Result<()> {
+async fn serve(crates: Option<Vec<String>>, config: Config) -> Result<()> {
     // Before anything else: a signal that came while entry points were still attaching would
     // otherwise meet the default action and kill the process instead of stopping it.
     let mut signals = Signals::install()?;
-    let config = Config::from_env()?;
     if let Some(migrations) = std::env::var_os(crate::check::CHECK_ENV) {
         return crate::check::run(&config, crates.as_deref(), &migrations).await;
     }
@@ -578,5 +645,114 @@ impl Signals {
             let _ = tokio::signal::ctrl_c().await;
             "Ctrl-C"
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::middleware::{Call, Disposition, EntryKind, Handled};
+    use crate::observe::Handling;
+    use crate::transport::{HeaderValue, Headers};
+    use futures::FutureExt;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The lines a handled delivery logs, with these settings.
+    async fn log_one_delivery(settings: &LogSettings, rust_log: Option<&str>) -> Vec<String> {
+        let buffer = Buffer::default();
+        let sink = buffer.clone();
+        let _logger = subscriber(settings, rust_log, move || sink.clone(), false).set_default();
+        let mut headers = Headers::new();
+        headers.insert(
+            "traceparent".into(),
+            HeaderValue::Text("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        );
+        let call = Call {
+            service: "calc",
+            entry_point: "calc.add",
+            kind: EntryKind::Rpc,
+            queue: "calc__add",
+            exchange: "calc",
+            routing_key: "calc__add",
+            correlation_id: Some("c-1"),
+            headers: &headers,
+            attempt: 1,
+        };
+        let handling = async {
+            tracing::info!(answer = 3, "adding");
+            Handled::new(Handling::Done, Disposition::Acked)
+        }
+        .boxed();
+        let chain = Chain::new(vec![Arc::new(crate::trace::Tracing)]);
+        assert!(chain.run(&call, handling).await.is_done());
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[tokio::test]
+    async fn json_logs_carry_the_span_fields() {
+        let settings = LogSettings {
+            format: LogFormat::Json,
+            level: Some("farine=debug,info".into()),
+        };
+        let lines = log_one_delivery(&settings, None).await;
+        let parsed: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|line| serde_json::from_str(line).expect(line))
+            .collect();
+        let [adding, handled] = &parsed[..] else {
+            panic!("{lines:?}");
+        };
+        assert_eq!(adding["level"], "INFO");
+        assert_eq!(adding["fields"]["message"], "adding");
+        assert_eq!(adding["fields"]["answer"], 3);
+        let span = &adding["span"];
+        assert_eq!(span["name"], "farine.handle");
+        assert_eq!(span["service"], "calc");
+        assert_eq!(span["entry_point"], "calc.add");
+        assert_eq!(span["kind"], "rpc");
+        assert_eq!(span["queue"], "calc__add");
+        assert_eq!(span["routing_key"], "calc__add");
+        assert_eq!(span["correlation_id"], "c-1");
+        assert_eq!(span["attempt"], 1);
+        assert_eq!(span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(span["parent_id"], "00f067aa0ba902b7");
+        assert_eq!(span["span_id"].as_str().unwrap().len(), 16);
+        // When done: the outcome and the duration.
+        assert_eq!(handled["level"], "DEBUG");
+        assert_eq!(handled["fields"]["message"], "handled");
+        assert_eq!(handled["span"]["outcome"], "done");
+        assert!(handled["span"]["duration_ms"].as_f64().unwrap() >= 0.0);
+        assert_eq!(handled["span"]["span_id"], span["span_id"]);
+    }
+
+    #[tokio::test]
+    async fn text_logs_by_default_and_rust_log_wins_over_log_level() {
+        let settings = LogSettings {
+            format: LogFormat::Text,
+            level: Some("debug".into()),
+        };
+        let lines = log_one_delivery(&settings, Some("warn")).await;
+        assert!(lines.is_empty(), "{lines:?}");
+        let lines = log_one_delivery(&settings, None).await;
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("farine.handle{"), "{}", lines[0]);
+        assert!(lines[0].contains("calc.add"), "{}", lines[0]);
+        assert!(lines[0].contains("adding answer=3"), "{}", lines[0]);
+        assert!(serde_json::from_str::<serde_json::Value>(&lines[0]).is_err());
     }
 }

@@ -831,6 +831,8 @@ fn the_example_file_is_valid() {
         "retry_max_delay",
         "max_message_bytes",
         "endpoint",
+        "log_format",
+        "log_level",
     ] {
         assert!(
             text.lines().any(|line| line

@@ -118,7 +118,9 @@ impl Publisher {
                 )
                 .await?;
         }
-        let properties = Properties::json().with_delivery_mode(settings.delivery_mode);
+        let mut properties = Properties::json().with_delivery_mode(settings.delivery_mode);
+        // Sent while handling a delivery: the message continues its trace.
+        crate::trace::inject_current(&mut properties.headers);
         context
             .broker
             .publish(

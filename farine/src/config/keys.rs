@@ -49,6 +49,7 @@ const TABLES: &[&[Key]] = &[
     super::db::KEYS,
     super::sse::KEYS,
     super::process::KEYS,
+    super::log::KEYS,
     PYTHON_KEYS,
 ];
 

@@ -68,12 +68,14 @@ pub(crate) mod db;
 mod duration;
 mod env;
 pub(crate) mod keys;
+mod log;
 mod process;
 mod secret;
 mod service;
 pub(crate) mod sse;
 
 pub use db::{DbSettings, MAX_CONNECTIONS};
+pub use log::{LogFormat, LogSettings};
 pub(crate) use secret::redacted_headers;
 pub use secret::{redact_uri, AmqpUri};
 pub use service::{
@@ -373,7 +375,12 @@ impl Config {
 
     /// Warns once per process about each key of `[DEFAULT]` no part of farine reads (likely a
     /// typo; a service's section is checked, with an error, by [`Config::service`]).
-    fn warn_unknown_keys(&self) {
+    /// Before any logger is set (a service binary reads its file first, for the logging
+    /// keys) nothing is warned, or recorded as warned: the binary calls this again after.
+    pub(crate) fn warn_unknown_keys(&self) {
+        if !tracing::dispatcher::has_been_set() {
+            return;
+        }
         static WARNED: OnceLock<Mutex<HashSet<(PathBuf, String, String)>>> = OnceLock::new();
         let warned = WARNED.get_or_init(Default::default);
         let section = &self.defaults;

@@ -9,7 +9,6 @@ use crate::config::{ExchangeKind, ServiceConfig};
 use crate::context::ServiceContext;
 use crate::middleware::{Call, Disposition, EntryKind, Handled};
 use crate::outcome::{guard_outcome, HandlerResult, Outcome};
-use crate::retry::Origin;
 use crate::retry::{self, RetryPolicy};
 use crate::transport::{Delivery, Subscribe};
 use crate::{Error, Result};
@@ -206,7 +205,7 @@ async fn handle(shared: Arc<Shared>, delivery: Delivery, turn: Turn) {
             routing_key: &message.routing_key,
             correlation_id: message.properties.correlation_id.as_deref(),
             headers: &message.properties.headers,
-            attempt: Origin::of(message, &shared.queue).attempts + 1,
+            attempt: retry::retried(message, &shared.queue) + 1,
         };
         let ran = AtomicBool::new(false);
         let handling = async {

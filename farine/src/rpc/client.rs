@@ -297,6 +297,8 @@ fn request_headers() -> crate::transport::Headers {
         super::names::CREDIT_HEADER.into(),
         HeaderValue::Int(STREAM_WINDOW as i64),
     );
+    // Made while handling a delivery: the request continues its trace.
+    crate::trace::inject_current(&mut headers);
     headers
 }
 

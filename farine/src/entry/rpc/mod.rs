@@ -554,7 +554,9 @@ fn result_body(item: &[u8]) -> Vec<serde_json::Value> {
 /// Publishes a successful call's events to its fanout exchange. The call already succeeded,
 /// so a failure here is logged, not turned into an error for the caller.
 async fn broadcast(broker: &Broker, label: &str, exchange: &str, events: &[serde_json::Value]) {
-    let properties = Properties::json().with_delivery_mode(2);
+    let mut properties = Properties::json().with_delivery_mode(2);
+    // Part of the call's trace.
+    crate::trace::inject_current(&mut properties.headers);
     for event in events {
         let body = match serde_json::to_vec(event) {
             Ok(body) => body,
