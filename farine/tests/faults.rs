@@ -312,3 +312,25 @@ async fn readiness_turns_503_while_the_broker_is_down_and_200_once_back() {
     assert!(down <= Duration::from_secs(2), "503 only after {down:?}");
     assert!(back <= Duration::from_secs(5), "200 only after {back:?}");
 }
+
+/// SIGTERM while the broker is down: the service still stops, within its grace period and
+/// the bounded close of its connections, rather than waiting for the broker to come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts the broker: run alone by .ci/test"]
+async fn a_service_stops_while_the_broker_is_down() {
+    support::require_rabbitmq();
+    let running = farine::Runtime::new(config("[t_fault]\nshutdown_grace = 1s\nheartbeat = 5\n"))
+        .only(["t_fault"])
+        .start()
+        .await
+        .expect("service starts");
+    let stopped = BrokerStopped::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopping = Instant::now();
+    let stop = tokio::time::timeout(Duration::from_secs(30), running.shutdown()).await;
+    let took = stopping.elapsed();
+    drop(stopped);
+    eprintln!("shutdown with the broker down took {took:?}");
+    assert!(stop.is_ok(), "shutdown still waiting after {took:?}");
+    assert!(took <= Duration::from_secs(10), "shutdown took {took:?}");
+}
