@@ -391,3 +391,54 @@ pub async fn passive_queue(
     let _ = channel.close(200, "OK".into()).await;
     declared
 }
+
+/// SQL built from a test's own names (no outside input).
+pub fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(text)
+}
+
+/// A PostgreSQL schema of a test's own in the test database, holding what `migration`
+/// creates: a service pointed at [`Schema::db_url`] finds its tables there, so tests run in
+/// parallel and leave no table behind (once [`Schema::drop`] ran).
+pub struct Schema {
+    pub pool: sqlx::PgPool,
+    pub name: String,
+}
+
+impl Schema {
+    /// Drops any leftover of `name` and creates it anew with `migration` applied.
+    pub async fn new(name: String, migration: &str) -> Schema {
+        let pool = pg().await;
+        sqlx::raw_sql(sql(format!(
+            "drop schema if exists {name} cascade; create schema {name}; \
+             set search_path = {name};\n{migration}"
+        )))
+        .execute(&pool)
+        .await
+        .expect("create the test's schema");
+        Schema { pool, name }
+    }
+
+    /// The test database, with this schema first on the path.
+    pub fn db_url(&self) -> String {
+        format!("{PG_URL}?options=-c%20search_path%3D{}", self.name)
+    }
+
+    /// Runs `statement` with this schema first on the path.
+    pub async fn execute(&self, statement: &str) {
+        sqlx::raw_sql(sql(format!(
+            "set search_path = {};\n{statement}",
+            self.name
+        )))
+        .execute(&self.pool)
+        .await
+        .expect("run a statement in the test's schema");
+    }
+
+    pub async fn drop(self) {
+        sqlx::raw_sql(sql(format!("drop schema {} cascade", self.name)))
+            .execute(&self.pool)
+            .await
+            .expect("drop the test's schema");
+    }
+}

@@ -6,72 +6,31 @@
 use farine::broker::Broker;
 use farine::testing::{Handling, TestKit};
 use farine::transport::Properties;
+use farine_test_support::{sql, Schema};
 use ledger::LedgerClient;
 use serde_json::json;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(5);
 
-/// SQL built from the test's own schema name (no outside input).
-fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(text)
+/// A schema of its own holding the tables the crate's migration creates.
+async fn schema(test: &str) -> Schema {
+    let name = format!("t_unit_ledger_{test}_{}", std::process::id());
+    Schema::new(
+        name,
+        include_str!("../migrations/20261122000001_ledger_entries.sql"),
+    )
+    .await
 }
 
-/// A schema of its own holding `ledger_entries` as the crate's migration creates it.
-struct Schema {
-    pool: sqlx::PgPool,
-    name: String,
-}
-
-impl Schema {
-    async fn new(test: &str) -> Schema {
-        let pool = farine_test_support::pg().await;
-        let name = format!("t_unit_ledger_{test}_{}", std::process::id());
-        let migration = include_str!("../migrations/20261122000001_ledger_entries.sql");
-        sqlx::raw_sql(sql(format!(
-            "drop schema if exists {name} cascade; create schema {name}; \
-             set search_path = {name};\n{migration}"
-        )))
-        .execute(&pool)
-        .await
-        .unwrap();
-        Schema { pool, name }
-    }
-
-    /// The service's database: the test database, with this schema first on the path.
-    fn db_url(&self) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D{}",
-            self.name
-        )
-    }
-
-    async fn execute(&self, statement: &str) {
-        sqlx::raw_sql(sql(format!(
-            "set search_path = {};\n{statement}",
-            self.name
-        )))
-        .execute(&self.pool)
-        .await
-        .unwrap();
-    }
-
-    async fn rows(&self) -> Vec<(i64, i64)> {
-        sqlx::query_as(sql(format!(
-            "select id, amount from {}.ledger_entries order by id",
-            self.name
-        )))
-        .fetch_all(&self.pool)
-        .await
-        .unwrap()
-    }
-
-    async fn drop(self) {
-        sqlx::raw_sql(sql(format!("drop schema {} cascade", self.name)))
-            .execute(&self.pool)
-            .await
-            .unwrap();
-    }
+async fn rows(schema: &Schema) -> Vec<(i64, i64)> {
+    sqlx::query_as(sql(format!(
+        "select id, amount from {}.ledger_entries order by id",
+        schema.name
+    )))
+    .fetch_all(&schema.pool)
+    .await
+    .unwrap()
 }
 
 /// ledger on a memory broker of its own, its database in `schema`, one retry 10ms after a
@@ -91,7 +50,7 @@ async fn ledger_on(schema: &Schema) -> TestKit {
 
 #[tokio::test]
 async fn a_redelivered_entry_changes_nothing() {
-    let schema = Schema::new("redelivered").await;
+    let schema = schema("redelivered").await;
     let kit = ledger_on(&schema).await;
     let client = LedgerClient::connect(kit.config()).await.unwrap();
     let handled = kit.handled("ledger.on_entry");
@@ -106,7 +65,7 @@ async fn a_redelivered_entry_changes_nothing() {
         kit.publish("ledger", "entry", &entry).await.unwrap();
         assert_eq!(handled.wait(WAIT).await.unwrap(), Handling::Done, "{entry}");
     }
-    assert_eq!(schema.rows().await, [(1, 10), (2, 5)]);
+    assert_eq!(rows(&schema).await, [(1, 10), (2, 5)]);
     assert_eq!(client.count().await.unwrap(), 2);
     assert_eq!(client.total().await.unwrap(), 15);
     assert!(kit.dead_letters("ledger.entries").await.unwrap().is_empty());
@@ -117,7 +76,7 @@ async fn a_redelivered_entry_changes_nothing() {
 
 #[tokio::test]
 async fn the_same_entry_delivered_many_times_at_once_is_recorded_once() {
-    let schema = Schema::new("at_once").await;
+    let schema = schema("at_once").await;
     let kit = ledger_on(&schema).await;
     let handled = kit.handled("ledger.on_entry");
 
@@ -132,7 +91,7 @@ async fn the_same_entry_delivered_many_times_at_once_is_recorded_once() {
     for n in 0..30 {
         assert_eq!(handled.wait(WAIT).await.unwrap(), Handling::Done, "#{n}");
     }
-    assert_eq!(schema.rows().await, [(1, 100), (2, 200), (3, 300)]);
+    assert_eq!(rows(&schema).await, [(1, 100), (2, 200), (3, 300)]);
 
     kit.stop().await.unwrap();
     schema.drop().await;
@@ -140,7 +99,7 @@ async fn the_same_entry_delivered_many_times_at_once_is_recorded_once() {
 
 #[tokio::test]
 async fn poison_entries_are_dead_lettered_at_once_and_record_nothing() {
-    let schema = Schema::new("poison").await;
+    let schema = schema("poison").await;
     let kit = ledger_on(&schema).await;
     let handled = kit.handled("ledger.on_entry");
 
@@ -178,7 +137,7 @@ async fn poison_entries_are_dead_lettered_at_once_and_record_nothing() {
         assert_eq!(letter.attempts, 1, "not retried: {letter:?}");
         assert_eq!(letter.original_routing_key.as_deref(), Some("entry"));
     }
-    assert!(schema.rows().await.is_empty());
+    assert!(rows(&schema).await.is_empty());
 
     kit.stop().await.unwrap();
     schema.drop().await;
@@ -186,7 +145,7 @@ async fn poison_entries_are_dead_lettered_at_once_and_record_nothing() {
 
 #[tokio::test]
 async fn a_failing_insert_is_retried_then_dead_lettered() {
-    let schema = Schema::new("failing").await;
+    let schema = schema("failing").await;
     schema
         .execute("alter table ledger_entries add constraint no_debit check (amount >= 0)")
         .await;
@@ -220,7 +179,7 @@ async fn a_failing_insert_is_retried_then_dead_lettered() {
         "{:?}",
         parked[0].error
     );
-    assert_eq!(schema.rows().await, [(2, 5)]);
+    assert_eq!(rows(&schema).await, [(2, 5)]);
 
     kit.stop().await.unwrap();
     schema.drop().await;

@@ -5,77 +5,27 @@
 
 use farine::prelude::*;
 use farine::testing::{Captured, Handling, TestKit};
+use farine_test_support::{sql, Schema};
 use serde_json::json;
 use std::time::Duration;
 use todo::{Todo, TodoServiceClient};
 
 const WAIT: Duration = Duration::from_secs(5);
 
-/// SQL built from the test's own schema name (no outside input).
-fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(text)
+/// A schema of its own holding the tables the crate's migration creates.
+async fn schema(test: &str) -> Schema {
+    let name = format!("t_unit_todo_{test}_{}", std::process::id());
+    Schema::new(name, include_str!("../migrations/20261122000001_todos.sql")).await
 }
 
-/// A schema of its own holding `todos` as the crate's migration creates it.
-struct Schema {
-    pool: sqlx::PgPool,
-    name: String,
-}
-
-impl Schema {
-    async fn new(test: &str) -> Schema {
-        let pool = farine_test_support::pg().await;
-        let name = format!("t_unit_todo_{test}_{}", std::process::id());
-        sqlx::query(sql(format!("drop schema if exists {name} cascade")))
-            .execute(&pool)
-            .await
-            .unwrap();
-        sqlx::query(sql(format!("create schema {name}")))
-            .execute(&pool)
-            .await
-            .unwrap();
-        let migration = include_str!("../migrations/20261122000001_todos.sql");
-        sqlx::raw_sql(sql(format!("set search_path = {name};\n{migration}")))
-            .execute(&pool)
-            .await
-            .unwrap();
-        Schema { pool, name }
-    }
-
-    /// The service's database: the test database, with this schema first on the path.
-    fn db_url(&self) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D{}",
-            self.name
-        )
-    }
-
-    async fn execute(&self, statement: &str) {
-        sqlx::raw_sql(sql(format!(
-            "set search_path = {};\n{statement}",
-            self.name
-        )))
-        .execute(&self.pool)
-        .await
-        .unwrap();
-    }
-
-    async fn rows(&self) -> Vec<(i64, String, bool)> {
-        sqlx::query_as(sql(format!(
-            "select id, title, done from {}.todos order by id",
-            self.name
-        )))
-        .fetch_all(&self.pool)
-        .await
-        .unwrap()
-    }
-
-    async fn drop(self) {
-        sqlx::query(sql(format!("drop schema {} cascade", self.name)))
-            .execute(&self.pool)
-            .await
-            .unwrap();
-    }
+async fn rows(schema: &Schema) -> Vec<(i64, String, bool)> {
+    sqlx::query_as(sql(format!(
+        "select id, title, done from {}.todos order by id",
+        schema.name
+    )))
+    .fetch_all(&schema.pool)
+    .await
+    .unwrap()
 }
 
 /// todo on a memory broker of its own, its database in `schema`, and a capture of its
@@ -96,12 +46,12 @@ async fn todo_on(schema: &Schema) -> (TestKit, TodoServiceClient, Captured) {
 
 #[tokio::test]
 async fn add_done_and_list_store_rows_and_broadcast_each_change() {
-    let schema = Schema::new("add_done_list").await;
+    let schema = schema("add_done_list").await;
     let (kit, client, events) = todo_on(&schema).await;
 
     let flour = client.add("buy flour".into()).await.unwrap();
     assert_eq!(flour, 1, "the first id of a fresh table");
-    assert_eq!(schema.rows().await, [(1, "buy flour".to_string(), false)]);
+    assert_eq!(rows(&schema).await, [(1, "buy flour".to_string(), false)]);
     assert_eq!(
         events.next(WAIT).await,
         Some(json!({"op": "add", "todo": {"id": 1, "title": "buy flour", "done": false}}))
@@ -144,7 +94,7 @@ async fn add_done_and_list_store_rows_and_broadcast_each_change() {
         ]
     );
     assert_eq!(
-        schema.rows().await,
+        rows(&schema).await,
         [
             (1, "buy flour".to_string(), true),
             (2, "bake bread".to_string(), false)
@@ -159,7 +109,7 @@ async fn add_done_and_list_store_rows_and_broadcast_each_change() {
 
 #[tokio::test]
 async fn a_call_whose_commit_fails_broadcasts_nothing() {
-    let schema = Schema::new("commit_fails").await;
+    let schema = schema("commit_fails").await;
     // Checked at commit, after add has inserted its row and sent its broadcast.
     schema
         .execute(
@@ -189,7 +139,7 @@ async fn a_call_whose_commit_fails_broadcasts_nothing() {
     );
     assert_eq!(events.next(Duration::from_millis(300)).await, None);
     assert_eq!(
-        schema.rows().await,
+        rows(&schema).await,
         [
             (1, "buy flour".to_string(), false),
             (3, "bake bread".to_string(), false)
