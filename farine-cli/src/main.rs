@@ -107,6 +107,9 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
+    /// Serve the methods and broadcasts that FARINE_INI's [gateway] section exposes to
+    /// browsers: POST /rpc/SERVICE/METHOD, GET /events/EXCHANGE (Server-Sent Events), GET /ws.
+    Gateway,
     /// Create a service crate that builds and runs as generated.
     New {
         /// Crate and service name: lowercase letters, digits, `_` or `-`, starting with a letter.
@@ -229,6 +232,7 @@ fn main() -> ExitCode {
         Some(Command::Migrate { start, release }) => start::migrate(&start, release),
         Some(Command::Check { start, release }) => check::run(&start, release),
         Some(Command::Describe { start, release }) => describe::run(&start, release),
+        Some(Command::Gateway) => Ok(farine::gateway::run()),
         Some(Command::New { name, path }) => {
             scaffold::run(&name, path.as_deref()).map(|()| ExitCode::SUCCESS)
         }

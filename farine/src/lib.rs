@@ -70,6 +70,8 @@ pub mod dlq;
 mod entry;
 mod error;
 pub mod execute;
+#[cfg(feature = "gateway")]
+pub mod gateway;
 mod http;
 pub mod metrics;
 pub mod middleware;

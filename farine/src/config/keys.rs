@@ -50,6 +50,7 @@ const TABLES: &[&[Key]] = &[
     super::sse::KEYS,
     super::process::KEYS,
     super::log::KEYS,
+    super::gateway::KEYS,
     PYTHON_KEYS,
 ];
 

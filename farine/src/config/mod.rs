@@ -67,6 +67,7 @@ use crate::{Error, Result};
 pub(crate) mod db;
 mod duration;
 mod env;
+mod gateway;
 pub(crate) mod keys;
 mod log;
 mod process;
@@ -75,6 +76,7 @@ mod service;
 pub(crate) mod sse;
 
 pub use db::{DbSettings, MAX_CONNECTIONS};
+pub use gateway::{Auth, GatewaySettings, Subscription as GatewaySubscription, DEFAULT_LISTEN};
 pub use log::{LogFormat, LogSettings};
 pub(crate) use secret::redacted_headers;
 pub use secret::{redact_uri, AmqpUri};

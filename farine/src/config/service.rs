@@ -572,7 +572,7 @@ fn parse_delivery_mode(value: &str) -> Option<u8> {
 }
 
 /// Bytes, optionally with a binary suffix: "1048576", "512KiB", "16MiB", "1GiB".
-fn parse_bytes(value: &str) -> Option<usize> {
+pub(crate) fn parse_bytes(value: &str) -> Option<usize> {
     let lower = value.to_ascii_lowercase();
     let (number, unit) = [("kib", 1u64 << 10), ("mib", 1 << 20), ("gib", 1 << 30)]
         .into_iter()

@@ -511,6 +511,11 @@ impl Replies {
         }
     }
 
+    /// Whether the call is over: its last frame has been read.
+    pub(crate) fn finished(&self) -> bool {
+        self.done
+    }
+
     /// The items of a streaming call.
     pub fn stream<T: DeserializeOwned>(self) -> RpcStream<T> {
         RpcStream {
