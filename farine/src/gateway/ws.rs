@@ -248,12 +248,14 @@ impl Session {
             Some(id @ (Value::Number(_) | Value::String(_))) if id.to_string().len() <= MAX_ID => {
                 id.clone()
             }
-            _ => return self.refuse(
-                None,
-                PublicError::bad_request(format!(
+            _ => {
+                return self.refuse(
+                    None,
+                    PublicError::bad_request(format!(
                     "a call needs an \"id\": a number or a string of at most {MAX_ID} characters"
                 )),
-            ),
+                )
+            }
         };
         let Some((service, method)) = target.as_str().and_then(|t| t.split_once('.')) else {
             return self.refuse(
