@@ -764,3 +764,56 @@ fn network_commands_refuse_an_in_process_broker() {
         assert!(stderr.starts_with(&expected), "{args:?}: {stderr}");
     }
 }
+
+/// `farine gateway` in front of `farine --start calc`: curl calls calc.add over HTTP; a method
+/// the gateway does not expose is 404.
+#[test]
+fn the_gateway_serves_calc_over_http() {
+    let tmp = temp_dir();
+    let ini = tmp.path().join("gateway.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "{}[gateway]\nlisten = 127.0.0.1:0\nexpose = calc.add\n",
+            farine_test_support::ini_defaults()
+        ),
+    )
+    .expect("write the INI");
+    let mut calc = Watched::spawn(
+        farine()
+            .args(["--start", "calc"])
+            .current_dir(workspace_root())
+            .env("FARINE_INI", &ini),
+    );
+    calc.wait_for_part("service ready", BUILD_TIMEOUT);
+    let mut gateway = Watched::spawn(farine().arg("gateway").env("FARINE_INI", &ini));
+    gateway.wait_for_part("gateway listening on http://", EXIT_TIMEOUT);
+    let address = gateway
+        .seen
+        .iter()
+        .find_map(|line| line.split("gateway listening on http://").nth(1))
+        .and_then(|rest| rest.split(';').next())
+        .expect("the address in the log line")
+        .to_owned();
+    let curl = |path: &str, extra: &[&str]| {
+        let output = run(Command::new("curl")
+            .args(["-s", "-X", "POST", "-d", "[2, 3]"])
+            .args(extra)
+            .arg(format!("http://{address}{path}")));
+        assert!(output.status.success(), "curl: {}", text(&output.stderr));
+        text(&output.stdout)
+    };
+    assert_eq!(curl("/rpc/calc/add", &[]), "5");
+    assert_eq!(
+        curl(
+            "/rpc/calc/count",
+            &["-o", "/dev/null", "-w", "%{http_code}"]
+        ),
+        "404"
+    );
+    for watched in [gateway, calc] {
+        watched.signal(Signal::SIGTERM);
+        let (status, output) = watched.finish();
+        assert!(status.success(), "{output}");
+    }
+}

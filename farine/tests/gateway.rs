@@ -90,6 +90,23 @@ impl GwCalc {
     }
 }
 
+static FOLLOWED: std::sync::Mutex<Vec<(Option<String>, Value)>> = std::sync::Mutex::new(Vec::new());
+
+/// Another farine service following `t_gw.news` through the gateway's event stream.
+#[derive(Default)]
+pub struct GwFollow;
+
+#[farine::service(name = "t_gw_follow")]
+impl GwFollow {
+    #[stream::http]
+    async fn on_news(&self, event: Event<Value>) {
+        FOLLOWED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((event.id, event.data));
+    }
+}
+
 /// The services, and gateways over them with various settings.
 struct World {
     kit: TestKit,
@@ -140,7 +157,8 @@ impl World {
         .collect();
         let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
         raw.delete_queues(&queues).await;
-        raw.delete_exchanges(&["t_gw_calc", "t_gw.news"]).await;
+        raw.delete_exchanges(&["t_gw_calc", "t_gw.news", "t_gw_follow"])
+            .await;
     }
 }
 
@@ -223,6 +241,7 @@ async fn the_gateway_serves_browsers_and_refuses_what_it_must() {
     websocket_calls(open).await;
     websocket_limits(open).await;
     broadcasts(open).await;
+    a_farine_listener_follows_through_the_gateway(&world, open).await;
 
     let tokens = world.gateway("auth_tokens = alpha, bravo\n").await;
     bearer_tokens(tokens).await;
@@ -567,6 +586,61 @@ async fn broadcasts(addr: SocketAddr) {
         .expect("answers")
         .status();
     assert_eq!(status.as_u16(), 404);
+}
+
+async fn a_farine_listener_follows_through_the_gateway(world: &World, addr: SocketAddr) {
+    let follower = TestKit::broker(support::amqp_uri())
+        .service("t_gw_follow")
+        .set(
+            "t_gw_follow",
+            "endpoint",
+            &format!("http://{addr}/events/t_gw.news"),
+        )
+        .start()
+        .await
+        .expect("t_gw_follow starts");
+    let client = world.kit.client().await.expect("a client");
+    // Posted until the listener is connected and sees one.
+    let mut seen = false;
+    for attempt in 0..50 {
+        client
+            .call("t_gw_calc", "post", json!([format!("follow {attempt}")]))
+            .await
+            .expect("post");
+        if support::eventually(Duration::from_millis(200), || {
+            !FOLLOWED
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+        })
+        .await
+        {
+            seen = true;
+            break;
+        }
+    }
+    assert!(
+        seen,
+        "the #[stream::http] listener got no event through the gateway"
+    );
+    client
+        .call("t_gw_calc", "post", json!(["followed"]))
+        .await
+        .expect("post");
+    let followed = support::eventually(WAIT, || {
+        FOLLOWED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(id, data)| id.is_some() && data == &json!({"title": "followed"}))
+    })
+    .await;
+    assert!(
+        followed,
+        "{:?}",
+        FOLLOWED.lock().unwrap_or_else(|p| p.into_inner())
+    );
+    follower.stop().await.expect("t_gw_follow stops");
 }
 
 async fn bearer_tokens(addr: SocketAddr) {

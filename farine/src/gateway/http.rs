@@ -157,7 +157,16 @@ async fn rpc_call(
             PublicError::busy("the gateway has too many calls in flight: try again")
         })?;
     let format = format(headers);
-    let mut replies = call::start(state, service, method, args).await?;
+    // A page (or a proxy) that traces its requests: the call continues its trace.
+    let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let trace = text(crate::trace::TRACEPARENT)
+        .and_then(|parent| {
+            crate::trace::TraceContext::parse(parent, text(crate::trace::TRACESTATE))
+        })
+        .map_or_else(crate::trace::TraceContext::root, |parent| parent.child());
+    let mut replies = trace
+        .scope(call::start(state, service, method, args))
+        .await?;
     // The first frame decides the status: an error before any item is an error status.
     let first = replies.next().await;
     match (format, first) {
