@@ -153,3 +153,39 @@ impl IntoResponse for PublicError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infrastructure_errors_give_nothing_of_the_inside_away() {
+        let err = Error::Amqp {
+            context: "connecting to amqp://guest:***@10.1.2.3:5672/prod".into(),
+            source: "connection refused".into(),
+        };
+        let public = PublicError::from_call(err, "calc", "add");
+        assert_eq!(public.status, StatusCode::SERVICE_UNAVAILABLE);
+        let body = public.body().to_string();
+        assert!(
+            !body.contains("10.1.2.3") && !body.contains("amqp") && !body.contains("guest"),
+            "{body}"
+        );
+        let id = public.request_id.as_deref().expect("a request id");
+        assert!(body.contains(id), "{body}");
+
+        let python = Error::Remote {
+            call: "calc.add".into(),
+            kind: kind::REMOTE.into(),
+            message: "Traceback (most recent call last):\n  File \"/srv/calc.py\"".into(),
+            data: None,
+        };
+        let body = PublicError::from_call(python, "calc", "add")
+            .body()
+            .to_string();
+        assert!(
+            !body.contains("Traceback") && !body.contains("/srv"),
+            "{body}"
+        );
+    }
+}
