@@ -512,6 +512,7 @@ impl Replies {
     }
 
     /// Whether the call is over: its last frame has been read.
+    #[cfg(feature = "gateway")]
     pub(crate) fn finished(&self) -> bool {
         self.done
     }
