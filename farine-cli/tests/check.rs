@@ -498,3 +498,23 @@ async fn sections_alone_are_checked_with_bounded_waits() {
     assert!(took < Duration::from_secs(20), "took {took:?}");
     drop(silent);
 }
+
+#[test]
+fn a_bad_gateway_section_is_reported_on_its_key() {
+    let dir = temp_dir();
+    let ini = ini(
+        &dir,
+        "[DEFAULT]\namqp_uri = amqp://guest:guest@127.0.0.1:5672/%2f\n\
+         [gateway]\nexpose = calc\nauth_jwt_secret = short\n",
+    );
+    let output = check(&ini, &[]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} [gateway] expose: expected SERVICE.METHOD",
+            ini.display()
+        )),
+        "{stderr}"
+    );
+}

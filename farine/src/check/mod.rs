@@ -130,6 +130,13 @@ pub async fn sections(config: &Config) -> Report {
         let Some(settings) = settings_of(&mut report, config, &name) else {
             continue;
         };
+        if name == "gateway" {
+            // `farine gateway`'s own keys: exposed methods, subscriptions, auth, limits.
+            if let Err(err) = crate::config::GatewaySettings::from_settings(&settings) {
+                report.problem(err);
+                continue;
+            }
+        }
         report.line(format!("[{name}]: settings parse"));
         brokers.connect(&mut report, &settings).await;
         match DbSettings::from_settings(&settings) {
