@@ -210,6 +210,13 @@ pub fn network_broker(settings: &farine::config::ServiceConfig) -> Result<(), Fa
     ))
 }
 
+/// `farine gateway`: on a network broker only (the services it fronts run in other processes).
+fn gateway() -> Result<ExitCode, Failure> {
+    let config = farine::Config::from_env().map_err(|err| Failure::new(err.to_string()))?;
+    network_broker(&config.service(farine::gateway::SECTION)?)?;
+    Ok(farine::gateway::run())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
@@ -232,7 +239,7 @@ fn main() -> ExitCode {
         Some(Command::Migrate { start, release }) => start::migrate(&start, release),
         Some(Command::Check { start, release }) => check::run(&start, release),
         Some(Command::Describe { start, release }) => describe::run(&start, release),
-        Some(Command::Gateway) => Ok(farine::gateway::run()),
+        Some(Command::Gateway) => gateway(),
         Some(Command::New { name, path }) => {
             scaffold::run(&name, path.as_deref()).map(|()| ExitCode::SUCCESS)
         }

@@ -751,6 +751,7 @@ fn network_commands_refuse_an_in_process_broker() {
         &["call", "calc.add", "[1, 2]"][..],
         &["publish", "calc", "operations", "{}"],
         &["dlq", "list", "operations"],
+        &["gateway"],
     ] {
         let output = run(farine().args(args).env("FARINE_INI", &ini));
         let stderr = text(&output.stderr);
