@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use farine::config::{redact_uri, AmqpUri, Config, ExchangeKind, ServiceConfig};
+use farine::config::{redact_uri, AmqpUri, Config, ExchangeKind, GatewaySettings, ServiceConfig};
 use farine::Error;
 
 const URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -796,7 +796,11 @@ fn the_example_file_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../farine.ini.example");
     let config = Config::load(path).unwrap();
     // One section per example service, each valid as written.
-    assert_eq!(config.sections(), ["calc", "ledger", "relay", "todo"]);
+    // (And [gateway], for `farine gateway`: its keys, all commented out.)
+    assert_eq!(
+        config.sections(),
+        ["calc", "gateway", "ledger", "relay", "todo"]
+    );
     for name in ["ledger", "todo"] {
         let service = config.service(name).unwrap();
         assert!(
@@ -833,6 +837,22 @@ fn the_example_file_is_valid() {
         "endpoint",
         "log_format",
         "log_level",
+        // [gateway]
+        "listen",
+        "expose",
+        "subscribe",
+        "auth_tokens",
+        "auth_jwt_secret",
+        "allowed_origins",
+        "static_dir",
+        "max_body_bytes",
+        "max_ws_message_bytes",
+        "max_calls_per_connection",
+        "max_calls_per_second",
+        "max_http_calls",
+        "max_subscriptions_per_connection",
+        "send_queue",
+        "replay_events",
     ] {
         assert!(
             text.lines().any(|line| line
@@ -841,17 +861,26 @@ fn the_example_file_is_valid() {
             "farine.ini.example does not document {key}"
         );
     }
-    // The commented values, uncommented, are the built-in defaults (db_*, header.* and
-    // endpoint have none: their values are examples).
+    // The commented values, uncommented, are the built-in defaults (db_*, header.*,
+    // endpoint, and the gateway's lists, tokens and folder have none: their values are
+    // examples).
+    let examples = [
+        "db_",
+        "header.",
+        "endpoint",
+        "expose",
+        "subscribe",
+        "auth_",
+        "allowed_origins",
+        "static_dir",
+    ];
     let uncommented: Vec<&str> = text
         .lines()
         .map(|line| match line.strip_prefix(';') {
             Some(bare)
                 if bare.starts_with(|c: char| c.is_ascii_lowercase())
                     && bare.contains(" = ")
-                    && !bare.starts_with("db_")
-                    && !bare.starts_with("header.")
-                    && !bare.starts_with("endpoint") =>
+                    && !examples.iter().any(|example| bare.starts_with(example)) =>
             {
                 bare
             }
@@ -859,13 +888,21 @@ fn the_example_file_is_valid() {
         })
         .collect();
     // ([calc]'s examples are uncommented too, so look at a service without a section.)
-    let with_defaults = Config::from_str(&uncommented.join("\n"), "test.ini")
-        .unwrap()
-        .service("shop")
-        .unwrap();
+    let uncommented = Config::from_str(&uncommented.join("\n"), "test.ini").unwrap();
+    let with_defaults = uncommented.service("shop").unwrap();
     assert_eq!(
         typed_fields(&with_defaults),
         typed_fields(&calc_with("").unwrap())
+    );
+    let gateway = |config: &Config| {
+        let settings = GatewaySettings::from_settings(&config.service("gateway").unwrap());
+        format!("{:?}", settings.unwrap())
+    };
+    assert_eq!(
+        gateway(&uncommented),
+        gateway(&self::config(&format!(
+            "[DEFAULT]\namqp_uri = {URI}\n[gateway]\n"
+        )))
     );
 }
 

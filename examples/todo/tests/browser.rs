@@ -196,30 +196,49 @@ impl Vhost {
         format!("amqp://guest:guest@127.0.0.1:5672/{}", self.name)
     }
 
-    /// Whether some queue of the gateway is bound to `exchange` (it binds once it started,
-    /// a moment after `Gateway::start` returned).
-    fn gateway_follows(&self, exchange: &str) -> bool {
-        let listed = Command::new("rabbitmqctl")
-            .args([
-                "list_bindings",
-                "-p",
-                &self.name,
-                "--quiet",
-                "--no-table-headers",
-                "source_name",
-                "destination_name",
-            ])
-            .output();
-        listed.is_ok_and(|out| {
-            String::from_utf8_lossy(&out.stdout).lines().any(|line| {
-                let mut fields = line.split('\t');
-                fields.next() == Some(exchange)
-                    && fields
-                        .next()
-                        .is_some_and(|queue| queue.starts_with("farine.gateway."))
-            })
-        })
+    /// Waits until a queue of the gateway is bound to `exchange`: the gateway binds it a
+    /// moment after `Gateway::start` returned, and a broadcast sent before is not its.
+    async fn wait_gateway_follows(&self, exchange: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (vhost, name) = (self.name.clone(), exchange.to_owned());
+            let bound = tokio::task::spawn_blocking(move || gateway_follows(&vhost, &name))
+                .await
+                .expect("rabbitmqctl list_bindings");
+            if bound {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway bound no queue to {exchange} within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
+}
+
+/// Whether a queue of a gateway (`farine.gateway.*`) is bound to `exchange` in `vhost`.
+fn gateway_follows(vhost: &str, exchange: &str) -> bool {
+    let listed = Command::new("rabbitmqctl")
+        .args([
+            "list_bindings",
+            "-p",
+            vhost,
+            "--quiet",
+            "--no-table-headers",
+            "source_name",
+            "destination_name",
+        ])
+        .output();
+    listed.is_ok_and(|out| {
+        String::from_utf8_lossy(&out.stdout).lines().any(|line| {
+            let mut fields = line.split('\t');
+            fields.next() == Some(exchange)
+                && fields
+                    .next()
+                    .is_some_and(|queue| queue.starts_with("farine.gateway."))
+        })
+    })
 }
 
 impl Drop for Vhost {
@@ -333,6 +352,8 @@ struct World {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pages_add_and_complete_todos_live_and_reconnect() {
+    // First what may be missing (the browser), then what must be taken down.
+    let mut driver = Driver::start().await;
     let vhost = Vhost::create();
     let schema = Schema::new(
         format!("t_browser_todo_{}", std::process::id()),
@@ -344,7 +365,6 @@ async fn two_pages_add_and_complete_todos_live_and_reconnect() {
         schema,
         token: uuid::Uuid::new_v4().simple().to_string(),
     };
-    let mut driver = Driver::start().await;
     let mut kit = None;
     let mut gateway = None;
     let mut pages = Vec::new();
@@ -379,9 +399,7 @@ async fn two_pages_add_and_complete_todos_live_and_reconnect() {
 async fn start_gateway(world: &World, listen: &str) -> Gateway {
     let config = gateway_config(&world.vhost.uri(), listen, &world.token);
     let gateway = Gateway::start(&config).await.expect("the gateway starts");
-    let bound =
-        farine_test_support::eventually(WAIT, || world.vhost.gateway_follows("todo.events")).await;
-    assert!(bound, "the gateway did not bind a queue to todo.events");
+    world.vhost.wait_gateway_follows("todo.events").await;
     gateway
 }
 
