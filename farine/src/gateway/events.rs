@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
+use futures::FutureExt;
 use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -100,7 +101,7 @@ pub(crate) struct Hub {
 
 impl Hub {
     /// Starts a feed per `subscribe` entry; each binds its queue once its exchange exists.
-    pub fn start(
+    pub async fn start(
         settings: &GatewaySettings,
         section: &ServiceConfig,
         broker: Arc<Broker>,
@@ -124,17 +125,24 @@ impl Hub {
             });
             feeds.insert(subscription.exchange.clone(), feed.clone());
             let queue = format!("farine.gateway.{gateway}.{index}");
-            let pump = pump(
-                feed,
-                broker.clone(),
-                queue,
-                subscription.binding_key.clone(),
-                section.max_message_bytes,
-            );
+            let max_bytes = section.max_message_bytes;
+            // Bound before the gateway listens when the exchange exists: a browser told
+            // "subscribed" then gets every event broadcast after.
+            let follow = match attach(&feed, &broker, &queue, &subscription.binding_key).await {
+                Ok(Some(bound)) => consume(feed, bound, max_bytes).boxed(),
+                _ => pump(
+                    feed,
+                    broker.clone(),
+                    queue,
+                    subscription.binding_key.clone(),
+                    max_bytes,
+                )
+                .boxed(),
+            };
             let stop = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 tokio::select! {
-                    () = pump => {}
+                    () = follow => {}
                     () = stop.cancelled() => {}
                 }
             }));
@@ -147,7 +155,29 @@ impl Hub {
     }
 }
 
-/// Consumes the exchange's events into its feed, through reconnections, for ever.
+/// The queue of `feed` bound to its exchange, if the exchange exists; `Ok(None)` if not yet.
+async fn attach(
+    feed: &Feed,
+    broker: &Broker,
+    queue: &str,
+    binding_key: &str,
+) -> crate::Result<Option<Box<dyn crate::transport::Subscription>>> {
+    let exchange = &feed.exchange;
+    if !broker.exchange_exists(exchange).await? {
+        return Ok(None);
+    }
+    let subscription = broker
+        .private_queue(
+            format!("gateway {exchange}"),
+            queue,
+            Some((exchange, binding_key)),
+        )
+        .await?;
+    tracing::info!("gateway: following exchange {exchange:?} ({binding_key})");
+    Ok(Some(subscription))
+}
+
+/// Binds the feed's queue once its exchange exists, then consumes it.
 async fn pump(
     feed: Arc<Feed>,
     broker: Arc<Broker>,
@@ -157,36 +187,31 @@ async fn pump(
 ) {
     let exchange = feed.exchange.clone();
     let mut warned = false;
-    let mut subscription = loop {
-        match broker.exchange_exists(&exchange).await {
-            Ok(true) => {
-                match broker
-                    .private_queue(
-                        format!("gateway {exchange}"),
-                        &queue,
-                        Some((&exchange, &binding_key)),
-                    )
-                    .await
-                {
-                    Ok(subscription) => break subscription,
-                    Err(err) => {
-                        tracing::warn!("gateway: cannot follow exchange {exchange:?}: {err}")
-                    }
-                }
-            }
-            Ok(false) if !warned => {
+    let subscription = loop {
+        match attach(&feed, &broker, &queue, &binding_key).await {
+            Ok(Some(subscription)) => break subscription,
+            Ok(None) if !warned => {
                 warned = true;
                 tracing::warn!(
                     "gateway: exchange {exchange:?} (in [gateway] subscribe) does not exist yet \
                      (is the service that broadcasts on it started?): following it once it does"
                 );
             }
-            Ok(false) => {}
-            Err(err) => tracing::warn!("gateway: cannot look for exchange {exchange:?}: {err}"),
+            Ok(None) => {}
+            Err(err) => tracing::warn!("gateway: cannot follow exchange {exchange:?}: {err}"),
         }
         tokio::time::sleep(RETRY).await;
     };
-    tracing::info!("gateway: following exchange {exchange:?} ({binding_key})");
+    consume(feed, subscription, max_bytes).await;
+}
+
+/// Consumes the exchange's events into its feed, through reconnections, for ever.
+async fn consume(
+    feed: Arc<Feed>,
+    mut subscription: Box<dyn crate::transport::Subscription>,
+    max_bytes: usize,
+) {
+    let exchange = feed.exchange.clone();
     loop {
         match subscription.next().await {
             Next::Delivery(delivery) => {

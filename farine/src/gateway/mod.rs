@@ -105,7 +105,8 @@ impl Gateway {
         let broker = Arc::new(Broker::for_service(&section).await?);
         let client = Client::with_broker(broker.clone(), Arc::new(config.clone()), None).await?;
         let shutdown = CancellationToken::new();
-        let (hub, mut tasks) = events::Hub::start(&settings, &section, broker.clone(), &shutdown);
+        let (hub, mut tasks) =
+            events::Hub::start(&settings, &section, broker.clone(), &shutdown).await;
         let quota = governor::Quota::per_second(
             std::num::NonZeroU32::new(settings.max_calls_per_second.max(1))
                 .unwrap_or(std::num::NonZeroU32::MIN),

@@ -146,6 +146,7 @@ async fn session(state: Arc<State>, socket: WebSocket) {
         subscriptions: HashMap::new(),
         rate: governor::RateLimiter::direct(quota),
     };
+    let mut interrupted = false;
     loop {
         let outgoing = tokio::select! {
             biased;
@@ -164,11 +165,22 @@ async fn session(state: Arc<State>, socket: WebSocket) {
                 continue;
             }
         };
-        match tokio::time::timeout(SLOW, sink.send(Message::Text(outgoing))).await {
+        // Watching `closing` while writing: an event queue that fills up behind a write that
+        // does not finish ends the socket now, not after SLOW.
+        let written = tokio::select! {
+            written = tokio::time::timeout(SLOW, sink.send(Message::Text(outgoing))) => written,
+            () = closing.token.cancelled() => {
+                // A frame may be half written: nothing more can be sent on this socket.
+                interrupted = true;
+                break;
+            }
+        };
+        match written {
             Ok(Ok(())) => {}
             Ok(Err(_)) => break,
             Err(_) => {
                 closing.close(POLICY, "too slow: messages were not read");
+                interrupted = true;
                 break;
             }
         }
@@ -181,7 +193,7 @@ async fn session(state: Arc<State>, socket: WebSocket) {
             .is_cancelled()
             .then_some((GOING_AWAY, "the gateway is stopping"))
     });
-    if let Some((code, reason)) = reason {
+    if let Some((code, reason)) = reason.filter(|_| !interrupted) {
         tracing::debug!("gateway: closing a WebSocket: {reason}");
         let frame = CloseFrame {
             code,
