@@ -9,11 +9,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use farine::sqlx;
-use farine_test_support::{pg, rabbitmqctl, require_postgres, require_rabbitmq};
+use farine_test_support::{pg, require_postgres};
 use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
@@ -47,26 +46,21 @@ fn check(ini: &Path, args: &[&str]) -> Output {
 }
 
 /// A RabbitMQ virtual host for one test, deleted when dropped.
-struct Vhost {
-    name: String,
+struct Vhost(farine_test_support::Vhost);
+
+impl std::ops::Deref for Vhost {
+    type Target = farine_test_support::Vhost;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Vhost {
     fn new(test: &str) -> Vhost {
-        require_rabbitmq();
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "farine-check-{}-{}-{test}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        rabbitmqctl(&["add_vhost", &name]);
-        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
-        Vhost { name }
-    }
-
-    fn uri(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.name)
+        Vhost(farine_test_support::Vhost::new(&format!(
+            "farine-check-{test}"
+        )))
     }
 
     async fn connect(&self) -> Connection {
@@ -151,15 +145,6 @@ impl Vhost {
             .is_ok();
         let _ = connection.close(200, "OK".into()).await;
         exists
-    }
-}
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["delete_vhost", &self.name])
-            .stdout(Stdio::null())
-            .status();
     }
 }
 

@@ -327,6 +327,48 @@ pub fn rabbitmqctl(args: &[&str]) {
     assert!(status.success(), "rabbitmqctl {args:?} failed");
 }
 
+/// A RabbitMQ virtual host of one test, which `guest` may use, deleted when dropped (even when
+/// the test fails): for tests whose names must not meet another test's.
+pub struct Vhost {
+    pub name: String,
+}
+
+impl Vhost {
+    /// A new virtual host named `<prefix>-<process>-<n>`.
+    pub fn new(prefix: &str) -> Vhost {
+        require_rabbitmq();
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("{prefix}-{}-{n}", std::process::id());
+        rabbitmqctl(&["add_vhost", &name]);
+        let vhost = Vhost { name };
+        rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            &vhost.name,
+            "guest",
+            ".*",
+            ".*",
+            ".*",
+        ]);
+        vhost
+    }
+
+    /// Its URI, as `guest`.
+    pub fn uri(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.name)
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.name])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
 /// The broker stopped (`rabbitmqctl stop_app`) until this is dropped, even when the test
 /// fails: it is started again (`start_app`, then `await_startup`).
 pub struct BrokerStopped;
