@@ -487,6 +487,17 @@ fn run_services(crates: Option<Vec<String>>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // Spans exported over OTLP when configured (feature `otel`); not for a check or a
+    // migration, which handle nothing.
+    let serving = std::env::var_os(crate::check::CHECK_ENV).is_none()
+        && std::env::var_os(MIGRATIONS_ENV).is_none();
+    let export = match export_spans(&config, serving) {
+        Ok(export) => export,
+        Err(err) => {
+            eprintln!("farine: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -497,13 +508,53 @@ fn run_services(crates: Option<Vec<String>>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(crates, config)) {
+    let served = runtime.block_on(serve(crates, config));
+    // The last spans, once the entry points have drained.
+    if let Some(export) = export {
+        export.shutdown();
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // Once, on stderr: logging it as well printed every start-up error twice.
             eprintln!("farine: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The OTLP exporter `config` and the `OTEL_*` variables ask for, installed (feature
+/// `otel`, and `serving`).
+#[cfg(feature = "otel")]
+fn export_spans(config: &Config, serving: bool) -> Result<Option<crate::otel::Export>> {
+    if !serving {
+        config.otlp_endpoint()?;
+        return Ok(None);
+    }
+    crate::otel::Export::from_config(config)
+}
+
+/// Without the `otel` feature: `otlp_endpoint` is checked, and a warning says that it is
+/// ignored.
+#[cfg(not(feature = "otel"))]
+fn export_spans(config: &Config, serving: bool) -> Result<Option<NoExport>> {
+    if config.otlp_endpoint()?.is_some() && serving {
+        tracing::warn!(
+            file = %config.path().display(),
+            "otlp_endpoint is set in [DEFAULT], but this binary is built without farine's otel feature: no spans are exported"
+        );
+    }
+    Ok(None)
+}
+
+/// Without the `otel` feature, no exporter.
+#[cfg(not(feature = "otel"))]
+enum NoExport {}
+
+#[cfg(not(feature = "otel"))]
+impl NoExport {
+    fn shutdown(self) {
+        match self {}
     }
 }
 
