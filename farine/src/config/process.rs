@@ -138,3 +138,43 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(ini: &str) -> Result<Option<String>> {
+        Config::from_str(ini, "f.ini").unwrap().otlp_endpoint()
+    }
+
+    #[test]
+    fn otlp_endpoint_is_a_base_url_in_default() {
+        assert_eq!(endpoint("[DEFAULT]\n").unwrap(), None);
+        assert_eq!(endpoint("[DEFAULT]\notlp_endpoint =\n").unwrap(), None);
+        assert_eq!(
+            endpoint("[DEFAULT]\notlp_endpoint = https://otel.example:4318/base/\n").unwrap(),
+            Some("https://otel.example:4318/base".into())
+        );
+        for bad in [
+            "localhost:4318",
+            "http://",
+            "http://:4318",
+            "ftp://x",
+            "http://a b",
+        ] {
+            let err = endpoint(&format!("[DEFAULT]\notlp_endpoint = {bad}\n")).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("f.ini [DEFAULT] otlp_endpoint: expected an http"),
+                "{bad}: {err}"
+            );
+        }
+        let err = endpoint("[DEFAULT]\n[calc]\notlp_endpoint = http://127.0.0.1:4318\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("f.ini [calc] otlp_endpoint: one exporter per process"),
+            "{err}"
+        );
+    }
+}
