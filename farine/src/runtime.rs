@@ -53,6 +53,8 @@ pub struct Runtime {
     crates: Option<Vec<String>>,
     /// Middleware, outermost first, with the service it is for (`None`: every service).
     middleware: Vec<(Option<String>, Arc<dyn Middleware>)>,
+    /// The built-in tracing middleware (off only to measure what it costs).
+    tracing: bool,
 }
 
 /// Services that are started: stop them with [`Running::shutdown`].
@@ -79,7 +81,17 @@ impl Runtime {
             only: None,
             crates: None,
             middleware: Vec::new(),
+            tracing: true,
         }
+    }
+
+    /// Leaves out the built-in tracing middleware: no `farine.handle` span, no trace context
+    /// (a received `traceparent` is not passed on). Only to measure what tracing costs
+    /// (`farine-bench --observe=off`); not a supported configuration.
+    #[doc(hidden)]
+    pub fn without_tracing(mut self) -> Self {
+        self.tracing = false;
+        self
     }
 
     /// Starts only the services with these names (all compiled-in services otherwise).
@@ -117,6 +129,7 @@ impl Runtime {
         let tracing: Arc<dyn Middleware> = Arc::new(crate::trace::Tracing);
         Chain::new(
             std::iter::once(tracing)
+                .filter(|_| self.tracing)
                 .chain(
                     self.middleware
                         .iter()
