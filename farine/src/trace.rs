@@ -2,8 +2,11 @@
 //!
 //! The runtime runs every delivery an entry point handles inside a `tracing` span named
 //! `farine.handle` (fields `service`, `entry_point`, `kind`, `queue`, `routing_key`,
-//! `correlation_id`, `attempt`, `trace_id`, `span_id`, `parent_id`, then `outcome` and
-//! `duration_ms` when done): a method's own `tracing::info!` lines carry them.
+//! `correlation_id`, `attempt`, `trace_id`, `span_id`, `parent_id`): a method's own
+//! `tracing::info!` lines carry them. When it is done, with level `debug` on, the span gets
+//! `outcome` and `duration_ms` and logs a `handled` line (at `info`, nothing would show them,
+//! and recording them would cost each delivery; the metrics and the OpenTelemetry spans have
+//! them always).
 //!
 //! Each delivery also has a trace context ([`TraceContext`]): the `traceparent` header it came
 //! with (W3C Trace Context, checked strictly: version `00`, a 32-hex trace id and a 16-hex
@@ -266,12 +269,15 @@ impl Middleware for Tracing {
         };
         // With the `otel` feature and a provider: the exported span, whose ids `context` takes.
         let exported = export::Exported::handle(call, parent.as_ref(), &mut context);
+        // The service's own names as they are (Display: cheaper than Debug's escaping); what
+        // the sender chose (routing key, correlation id) escaped (Debug), so that no control
+        // character of theirs reaches a text log line.
         let span = tracing::info_span!(
             "farine.handle",
-            service = call.service,
-            entry_point = call.entry_point,
-            kind = kind_name(call.kind),
-            queue = call.queue,
+            service = %call.service,
+            entry_point = %call.entry_point,
+            kind = %kind_name(call.kind),
+            queue = %call.queue,
             routing_key = call.routing_key,
             correlation_id = call.correlation_id,
             attempt = call.attempt,
@@ -291,7 +297,9 @@ impl Middleware for Tracing {
                 .instrument(span.clone())
                 .await;
             exported.end(&handled);
-            if !span.is_disabled() {
+            // The outcome and duration are for the `handled` line (level debug): recording
+            // them costs each delivery a formatting when nothing logs them.
+            if !span.is_disabled() && tracing::enabled!(tracing::Level::DEBUG) {
                 let elapsed = start.elapsed();
                 span.record("outcome", outcome_name(&handled.outcome));
                 span.record("duration_ms", elapsed.as_secs_f64() * 1000.0);
