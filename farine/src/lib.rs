@@ -76,6 +76,8 @@ mod http;
 pub mod metrics;
 pub mod middleware;
 mod observe;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod outcome;
 mod registry;
 mod retry;
@@ -100,6 +102,12 @@ pub use rpc::Client;
 // `farine::futures::stream::iter`, `farine::sqlx::query(..)` on a `Db` or `Tx`,
 // `farine::tracing::info!`.
 pub use futures;
+/// The OpenTelemetry API and SDK farine exports through (feature `otel`): to install a
+/// tracer provider of one's own, or open spans inside a handler.
+#[cfg(feature = "otel")]
+pub use opentelemetry;
+#[cfg(feature = "otel")]
+pub use opentelemetry_sdk;
 /// With the `schema` feature: derive `farine::schemars::JsonSchema` (with
 /// `#[schemars(crate = "farine::schemars")]`) on a service's types to have their schemas in
 /// `farine describe`.

@@ -42,7 +42,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 /// The content type of [`Metrics::encode`]'s text.
@@ -91,6 +92,17 @@ fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
 
+/// The series of one entry point that every delivery touches, looked up once (they share
+/// their values with the families'): a delivery then costs no label strings and no family
+/// lookups. The failure counters are looked up when they count, so that an entry point that
+/// never failed has none.
+struct EntrySeries {
+    labels: EntryLabels,
+    handled: Counter,
+    duration: Histogram,
+    in_flight: Gauge,
+}
+
 struct Inner {
     registry: Registry,
     handled: Family<EntryLabels, Counter>,
@@ -107,6 +119,8 @@ struct Inner {
     broker_connected: Family<ServiceLabels, Gauge>,
     db_connections: Family<ServiceLabels, Gauge>,
     db_idle: Family<ServiceLabels, Gauge>,
+    /// By entry point (`service.method`).
+    entries: RwLock<HashMap<Box<str>, Arc<EntrySeries>>>,
 }
 
 /// The metrics of one runtime (its own registry: two runtimes in one process do not mix
@@ -214,6 +228,7 @@ impl Metrics {
             db_idle.clone(),
         );
         Metrics(Arc::new(Inner {
+            entries: RwLock::default(),
             broker_connected,
             db_connections,
             db_idle,
@@ -288,9 +303,38 @@ impl Metrics {
             .observe(seconds);
     }
 
-    fn record(&self, labels: &EntryLabels, handled: &Handled, seconds: f64) {
+    /// The series of `call`'s entry point.
+    fn entry(&self, call: &Call<'_>) -> Arc<EntrySeries> {
         let inner = &self.0;
-        inner.handled.get_or_create(labels).inc();
+        let known = inner
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(call.entry_point)
+            .cloned();
+        if let Some(series) = known {
+            return series;
+        }
+        let labels = EntryLabels::of(call);
+        let series = Arc::new(EntrySeries {
+            handled: inner.handled.get_or_create_owned(&labels),
+            duration: inner.duration.get_or_create_owned(&labels),
+            in_flight: inner.in_flight.get_or_create_owned(&labels),
+            labels,
+        });
+        inner
+            .entries
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(call.entry_point.into())
+            .or_insert(series)
+            .clone()
+    }
+
+    fn record(&self, series: &EntrySeries, handled: &Handled, seconds: f64) {
+        let inner = &self.0;
+        let labels = &series.labels;
+        series.handled.inc();
         if !handled.is_done() {
             inner.failed.get_or_create(labels).inc();
         }
@@ -306,7 +350,7 @@ impl Metrics {
             }
             Disposition::Acked => {}
         }
-        inner.duration.get_or_create(labels).observe(seconds);
+        series.duration.observe(seconds);
     }
 }
 
@@ -323,13 +367,12 @@ impl Drop for InFlight {
 impl Middleware for Metrics {
     fn around<'a>(&'a self, call: &'a Call<'a>, next: Next<'a>) -> BoxFuture<'a, Handled> {
         Box::pin(async move {
-            let labels = EntryLabels::of(call);
-            let gauge = self.0.in_flight.get_or_create_owned(&labels);
-            gauge.inc();
-            let _in_flight = InFlight(gauge);
+            let series = self.entry(call);
+            series.in_flight.inc();
+            let _in_flight = InFlight(series.in_flight.clone());
             let started = Instant::now();
             let handled = next.run().await;
-            self.record(&labels, &handled, started.elapsed().as_secs_f64());
+            self.record(&series, &handled, started.elapsed().as_secs_f64());
             handled
         })
     }

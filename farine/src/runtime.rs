@@ -53,6 +53,8 @@ pub struct Runtime {
     crates: Option<Vec<String>>,
     /// Middleware, outermost first, with the service it is for (`None`: every service).
     middleware: Vec<(Option<String>, Arc<dyn Middleware>)>,
+    /// The built-in tracing middleware (off only to measure what it costs).
+    tracing: bool,
 }
 
 /// Services that are started: stop them with [`Running::shutdown`].
@@ -79,7 +81,17 @@ impl Runtime {
             only: None,
             crates: None,
             middleware: Vec::new(),
+            tracing: true,
         }
+    }
+
+    /// Leaves out the built-in tracing middleware: no `farine.handle` span, no trace context
+    /// (a received `traceparent` is not passed on). Only to measure what tracing costs
+    /// (`farine-bench --observe=off`); not a supported configuration.
+    #[doc(hidden)]
+    pub fn without_tracing(mut self) -> Self {
+        self.tracing = false;
+        self
     }
 
     /// Starts only the services with these names (all compiled-in services otherwise).
@@ -117,6 +129,7 @@ impl Runtime {
         let tracing: Arc<dyn Middleware> = Arc::new(crate::trace::Tracing);
         Chain::new(
             std::iter::once(tracing)
+                .filter(|_| self.tracing)
                 .chain(
                     self.middleware
                         .iter()
@@ -487,6 +500,17 @@ fn run_services(crates: Option<Vec<String>>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // Spans exported over OTLP when configured (feature `otel`); not for a check or a
+    // migration, which handle nothing.
+    let serving = std::env::var_os(crate::check::CHECK_ENV).is_none()
+        && std::env::var_os(MIGRATIONS_ENV).is_none();
+    let export = match export_spans(&config, serving) {
+        Ok(export) => export,
+        Err(err) => {
+            eprintln!("farine: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -497,13 +521,53 @@ fn run_services(crates: Option<Vec<String>>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(crates, config)) {
+    let served = runtime.block_on(serve(crates, config));
+    // The last spans, once the entry points have drained.
+    if let Some(export) = export {
+        export.shutdown();
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // Once, on stderr: logging it as well printed every start-up error twice.
             eprintln!("farine: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The OTLP exporter `config` and the `OTEL_*` variables ask for, installed (feature
+/// `otel`, and `serving`).
+#[cfg(feature = "otel")]
+fn export_spans(config: &Config, serving: bool) -> Result<Option<crate::otel::Export>> {
+    if !serving {
+        config.otlp_endpoint()?;
+        return Ok(None);
+    }
+    crate::otel::Export::from_config(config)
+}
+
+/// Without the `otel` feature: `otlp_endpoint` is checked, and a warning says that it is
+/// ignored.
+#[cfg(not(feature = "otel"))]
+fn export_spans(config: &Config, serving: bool) -> Result<Option<NoExport>> {
+    if config.otlp_endpoint()?.is_some() && serving {
+        tracing::warn!(
+            file = %config.path().display(),
+            "otlp_endpoint is set in [DEFAULT], but this binary is built without farine's otel feature: no spans are exported"
+        );
+    }
+    Ok(None)
+}
+
+/// Without the `otel` feature, no exporter.
+#[cfg(not(feature = "otel"))]
+enum NoExport {}
+
+#[cfg(not(feature = "otel"))]
+impl NoExport {
+    fn shutdown(self) {
+        match self {}
     }
 }
 

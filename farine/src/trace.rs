@@ -2,8 +2,11 @@
 //!
 //! The runtime runs every delivery an entry point handles inside a `tracing` span named
 //! `farine.handle` (fields `service`, `entry_point`, `kind`, `queue`, `routing_key`,
-//! `correlation_id`, `attempt`, `trace_id`, `span_id`, `parent_id`, then `outcome` and
-//! `duration_ms` when done): a method's own `tracing::info!` lines carry them.
+//! `correlation_id`, `attempt`, `trace_id`, `span_id`, `parent_id`): a method's own
+//! `tracing::info!` lines carry them. When it is done, with level `debug` on, the span gets
+//! `outcome` and `duration_ms` and logs a `handled` line (at `info`, nothing would show them,
+//! and recording them would cost each delivery; the metrics and the OpenTelemetry spans have
+//! them always).
 //!
 //! Each delivery also has a trace context ([`TraceContext`]): the `traceparent` header it came
 //! with (W3C Trace Context, checked strictly: version `00`, a 32-hex trace id and a 16-hex
@@ -12,6 +15,17 @@
 //! messages sent while it is handled carry `traceparent: 00-<trace id>-<its span id>-<flags>`
 //! (and its `tracestate`, if it came with a valid one), so a chain of calls and publishes
 //! across services is one trace.
+//!
+//! An RPC call or a publish made while a delivery is handled has a span of its own, a child
+//! of the delivery's: a `farine.call` span (field `call`, `service.method`) or a
+//! `farine.publish` span (fields `exchange`, `routing_key`), each with `trace_id`, `span_id`
+//! and `parent_id`, and the `traceparent` the message carries names that span. So the chain
+//! handle(A) -> call -> handle(B) -> publish -> handle(C) is one trace, each span the parent
+//! of the next. A call or publish made outside any handling (and outside
+//! [`TraceContext::scope`]) has none and sends no `traceparent`: the service starts a trace.
+//!
+//! With the `otel` feature every one of these spans is also exported through OpenTelemetry
+//! (see [`crate::otel`]), with the same ids.
 //!
 //! ```
 //! use farine::trace::TraceContext;
@@ -31,6 +45,8 @@ use futures::future::BoxFuture;
 use std::fmt;
 use std::time::Instant;
 use tracing::Instrument;
+
+mod export;
 
 /// The header that carries the trace id and the sender's span id.
 pub const TRACEPARENT: &str = "traceparent";
@@ -224,11 +240,6 @@ tokio::task_local! {
     static CURRENT: TraceContext;
 }
 
-/// Adds the current delivery's trace context, if any, to an outgoing message's headers.
-pub(crate) fn inject_current(headers: &mut Headers) {
-    let _ = CURRENT.try_with(|context| context.inject(headers));
-}
-
 /// The built-in middleware: the `farine.handle` span and the trace context of each delivery.
 pub(crate) struct Tracing;
 
@@ -249,13 +260,24 @@ fn outcome_name(outcome: &Handling) -> &'static str {
 
 impl Middleware for Tracing {
     fn around<'a>(&'a self, call: &'a Call<'a>, next: Next<'a>) -> BoxFuture<'a, Handled> {
-        let context = TraceContext::from_headers(call.headers);
+        let text = |name: &str| call.headers.get(name).and_then(HeaderValue::as_text);
+        let parent =
+            text(TRACEPARENT).and_then(|parent| TraceContext::parse(parent, text(TRACESTATE)));
+        let mut context = match &parent {
+            Some(parent) => parent.child(),
+            None => TraceContext::root(),
+        };
+        // With the `otel` feature and a provider: the exported span, whose ids `context` takes.
+        let exported = export::Exported::handle(call, parent.as_ref(), &mut context);
+        // The service's own names as they are (Display: cheaper than Debug's escaping); what
+        // the sender chose (routing key, correlation id) escaped (Debug), so that no control
+        // character of theirs reaches a text log line.
         let span = tracing::info_span!(
             "farine.handle",
-            service = call.service,
-            entry_point = call.entry_point,
-            kind = kind_name(call.kind),
-            queue = call.queue,
+            service = %call.service,
+            entry_point = %call.entry_point,
+            kind = %kind_name(call.kind),
+            queue = %call.queue,
             routing_key = call.routing_key,
             correlation_id = call.correlation_id,
             attempt = call.attempt,
@@ -270,11 +292,14 @@ impl Middleware for Tracing {
         }
         Box::pin(async move {
             let start = Instant::now();
-            let handled = CURRENT
-                .scope(context, next.run())
+            let handled = exported
+                .attach(CURRENT.scope(context, next.run()))
                 .instrument(span.clone())
                 .await;
-            if !span.is_disabled() {
+            exported.end(&handled);
+            // The outcome and duration are for the `handled` line (level debug): recording
+            // them costs each delivery a formatting when nothing logs them.
+            if !span.is_disabled() && tracing::enabled!(tracing::Level::DEBUG) {
                 let elapsed = start.elapsed();
                 span.record("outcome", outcome_name(&handled.outcome));
                 span.record("duration_ms", elapsed.as_secs_f64() * 1000.0);
@@ -283,6 +308,79 @@ impl Middleware for Tracing {
             }
             handled
         })
+    }
+}
+
+/// The span of a message sent while a delivery is handled (an RPC request, a publish): a
+/// child of the delivery's span, whose `traceparent` the message carries. Ended when dropped.
+pub(crate) struct Outgoing {
+    context: TraceContext,
+    span: tracing::Span,
+    exported: export::Exported,
+}
+
+impl Outgoing {
+    /// The span of a call of `service.method`, if a trace is current.
+    pub(crate) fn call(service: &str, method: &str, correlation_id: &str) -> Option<Outgoing> {
+        let parent = export::current_parent(TraceContext::current())?;
+        let mut context = parent.child();
+        let exported =
+            export::Exported::call(service, method, correlation_id, &parent, &mut context);
+        let span = tracing::info_span!(
+            "farine.call",
+            call = %format_args!("{service}.{method}"),
+            correlation_id,
+            trace_id = %context.trace_id,
+            span_id = %context.span_id,
+            parent_id = %parent.span_id,
+            error = tracing::field::Empty,
+        );
+        Some(Outgoing {
+            context,
+            span,
+            exported,
+        })
+    }
+
+    /// The span of a publish to `exchange` with `routing_key` by `service`, if a trace is
+    /// current.
+    pub(crate) fn publish(service: &str, exchange: &str, routing_key: &str) -> Option<Outgoing> {
+        let parent = export::current_parent(TraceContext::current())?;
+        let mut context = parent.child();
+        let exported =
+            export::Exported::publish(service, exchange, routing_key, &parent, &mut context);
+        let span = tracing::info_span!(
+            "farine.publish",
+            exchange,
+            routing_key,
+            trace_id = %context.trace_id,
+            span_id = %context.span_id,
+            parent_id = %parent.span_id,
+            error = tracing::field::Empty,
+        );
+        Some(Outgoing {
+            context,
+            span,
+            exported,
+        })
+    }
+
+    /// Adds this span's `traceparent` (and `tracestate`) to the message's headers.
+    pub(crate) fn inject(&self, headers: &mut Headers) {
+        self.context.inject(headers);
+    }
+
+    /// The `tracing` span to run the sending in (none without an outgoing span).
+    pub(crate) fn span(outgoing: Option<&Outgoing>) -> tracing::Span {
+        outgoing.map_or_else(tracing::Span::none, |outgoing| outgoing.span.clone())
+    }
+
+    /// Records that the call or publish failed.
+    pub(crate) fn fail(&self, error: &dyn fmt::Display) {
+        let message = error.to_string();
+        self.span
+            .record("error", crate::clip::clip(&message).as_ref());
+        self.exported.fail(&message);
     }
 }
 
@@ -355,17 +453,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_current_context_is_injected_in_outgoing_headers() {
-        let mut headers = Headers::new();
-        inject_current(&mut headers);
-        assert!(headers.is_empty());
-        let context = TraceContext::parse(VALID, None).unwrap().child();
-        let expected = context.traceparent();
-        context
+    async fn a_message_sent_in_a_trace_has_a_span_of_its_own() {
+        assert!(Outgoing::publish("calc", "calc", "results").is_none());
+        let context = TraceContext::parse(VALID, Some("vendor=1"))
+            .unwrap()
+            .child();
+        let (call, publish) = context
+            .clone()
             .scope(async {
-                inject_current(&mut headers);
+                (
+                    Outgoing::call("calc", "add", "c-1").unwrap(),
+                    Outgoing::publish("calc", "calc", "results").unwrap(),
+                )
             })
             .await;
-        assert_eq!(headers[TRACEPARENT], HeaderValue::Text(expected));
+        for outgoing in [&call, &publish] {
+            let mut headers = Headers::new();
+            outgoing.inject(&mut headers);
+            let Some(HeaderValue::Text(traceparent)) = headers.get(TRACEPARENT) else {
+                panic!("{headers:?}");
+            };
+            let sent = TraceContext::parse(traceparent, None).unwrap();
+            assert_eq!(sent.trace_id(), context.trace_id());
+            assert_ne!(sent.span_id(), context.span_id());
+            assert_eq!(outgoing.context.parent_id(), Some(context.span_id()));
+            assert_eq!(
+                headers.get(TRACESTATE),
+                Some(&HeaderValue::Text("vendor=1".into()))
+            );
+        }
+        assert_ne!(call.context.span_id(), publish.context.span_id());
     }
 }

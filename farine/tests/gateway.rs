@@ -164,15 +164,24 @@ impl World {
         }
         self.kit.stop().await.expect("the kit stops");
         let raw = Raw::connect().await;
+        // Each method's queue, and its dead-letter queue.
         let queues: Vec<String> = [
-            "add", "count", "ticks", "limited", "slow", "boom", "secret", "post",
+            "t_gw_calc__add",
+            "t_gw_calc__count",
+            "t_gw_calc__ticks",
+            "t_gw_calc__limited",
+            "t_gw_calc__slow",
+            "t_gw_calc__boom",
+            "t_gw_calc__secret",
+            "t_gw_calc__post",
+            "t_gw_slow__sleep",
         ]
         .iter()
-        .map(|method| format!("t_gw_calc__{method}"))
+        .flat_map(|queue| [queue.to_string(), format!("{queue}.dlq")])
         .collect();
         let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
         raw.delete_queues(&queues).await;
-        raw.delete_exchanges(&["t_gw_calc", "t_gw.news", "t_gw_follow"])
+        raw.delete_exchanges(&["t_gw_calc", "t_gw_slow", "t_gw.news", "t_gw_follow"])
             .await;
     }
 }

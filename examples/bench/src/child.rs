@@ -1,6 +1,7 @@
 //! The service processes: this binary run again as `farine-bench __serve <kind>`.
 //!
-//! Line protocol on the child's stdin/stdout: the child prints `ready` once it consumes;
+//! Line protocol on the child's stdin/stdout: the child prints `http ADDR` when its HTTP
+//! endpoint listens (`--metrics`, `--observe=on`), then `ready` once it consumes;
 //! `expect N` arms its message counter and is answered `armed`; it prints `done` when N
 //! messages were handled; end of stdin stops it gracefully. Every other line the child
 //! prints (farine logs to stdout) is passed on to stderr as it comes, so that a chatty
@@ -23,6 +24,8 @@ pub struct Child {
     /// Protocol lines, read from the child's stdout by a task of their own.
     lines: mpsc::UnboundedReceiver<String>,
     pid: u32,
+    /// Where its `/metrics` is served, when it has an HTTP endpoint.
+    http: Option<String>,
 }
 
 impl Child {
@@ -38,7 +41,13 @@ impl Child {
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "warn");
+            // `--observe=on`: the level a deployed service has, so its spans are made.
+            let level = if crate::observe() == Some(true) {
+                "info"
+            } else {
+                "warn"
+            };
+            command.env("RUST_LOG", level);
         }
         let mut process = command.spawn()?;
         let pid = process.id().ok_or("the service process exited at once")?;
@@ -47,7 +56,7 @@ impl Child {
         let (sender, lines) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok(Some(line)) = stdout.next_line().await {
-                if PROTOCOL.contains(&line.trim()) {
+                if PROTOCOL.contains(&line.trim()) || line.starts_with("http ") {
                     let _ = sender.send(line.trim().to_string());
                 } else {
                     eprintln!("[{kind}] {line}");
@@ -60,8 +69,29 @@ impl Child {
             stdin,
             lines,
             pid,
+            http: None,
         };
-        child.expect("ready", Duration::from_secs(60)).await?;
+        let first = tokio::time::timeout(Duration::from_secs(60), child.lines.recv()).await;
+        if let Ok(Some(line)) = &first {
+            if let Some(addr) = line.strip_prefix("http ") {
+                child.http = Some(addr.to_string());
+            }
+        }
+        match first {
+            Ok(Some(line)) if line == "ready" => {}
+            Ok(Some(line)) if line.starts_with("http ") => {
+                child.expect("ready", Duration::from_secs(60)).await?
+            }
+            Ok(Some(line)) => {
+                return Err(
+                    format!("service process {kind}: expected \"ready\", got {line:?}").into(),
+                )
+            }
+            Ok(None) => {
+                return Err(format!("service process {kind} exited (expected \"ready\")").into())
+            }
+            Err(_) => return Err(format!("service process {kind}: not ready within 60s").into()),
+        }
         if crate::verbose() {
             eprintln!("service process {kind}: pid {}", child.pid());
         }
@@ -70,6 +100,11 @@ impl Child {
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The address of its HTTP endpoint (`/metrics`), if it has one.
+    pub fn http(&self) -> Option<&str> {
+        self.http.as_deref()
     }
 
     /// Waits for the protocol line `want` from the child.

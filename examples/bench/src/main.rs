@@ -7,8 +7,16 @@
 //! rpc_seq        farine=1700/s  same=1750/s  minimal=3300/s  vs_same=0.97  vs_minimal=0.52  targets: >=0.95 same, >=0.80 minimal  BELOW
 //! ```
 //!
-//! Usage: `cargo run --release -p farine-bench -- [--markdown] [workload]...` (no workload:
-//! all but `stream_slow`; see `WORKLOADS`). The services run in their own processes, as
+//! Usage: `cargo run --release -p farine-bench -- [--markdown] [--metrics]
+//! [--observe=on|off] [workload]...` (no workload: all but `stream_slow`; see `WORKLOADS`).
+//! `--observe=on`: the farine services run as deployed with tracing and metrics on (level
+//! `info`, so their `farine.handle` spans are made, and `http_listen = 127.0.0.1:0`);
+//! `--observe=off`: without the tracing middleware and without metrics (level `warn`), to
+//! measure what they cost; neither: tracing on at level `warn`, no metrics. `--metrics`
+//! (implies `--observe=on`): each farine service's `/metrics` is read before and after
+//! `rpc_seq` and `events`, and around 1000 calls of `bench_relay.add` (which calls
+//! `calc.add` from within `calc`'s process), and the moves of the delivery and RPC client
+//! series are printed. The services run in their own processes, as
 //! deployed: this binary started again as `farine-bench __serve <kind>` (see `serve`).
 //! Each side is warmed up first. `rpc_seq` rotates the three sides call by call; the other
 //! workloads give them short turns (see `TURNS`): either way a drift of a shared machine
@@ -21,7 +29,9 @@ mod db;
 mod events;
 mod memory;
 mod profile;
+mod relay;
 mod report;
+mod scrape;
 mod serve;
 mod slow;
 
@@ -55,6 +65,39 @@ const WORKLOADS: &[&str] = &[
 const ON_REQUEST: &[&str] = &["stream_slow"];
 const DEFAULT_INI: &str = "[DEFAULT]\namqp_uri = amqp://guest:guest@127.0.0.1:5672/%2f\n\
     [bench_db]\ndb_connector = postgres\ndb_url = postgres://postgres@127.0.0.1:5432/test\n";
+/// Set for the service processes by `--metrics`: `calc`'s process runs `bench_relay` too.
+pub const METRICS_ENV: &str = "FARINE_BENCH_METRICS";
+/// Set for the service processes by `--observe=on|off`.
+pub const OBSERVE_ENV: &str = "FARINE_BENCH_OBSERVE";
+
+/// `--observe=on` (`Some(true)`), `--observe=off` (`Some(false)`), or neither.
+pub fn observe() -> Option<bool> {
+    match std::env::var(OBSERVE_ENV).ok()?.as_str() {
+        "on" => Some(true),
+        "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// `ini` with `key = value` in its `[DEFAULT]` section (added at the top if it has none).
+fn with_default_key(ini: &str, key: &str, value: &str) -> String {
+    let mut out = String::new();
+    let mut added = false;
+    for line in ini.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if !added && line.trim().eq_ignore_ascii_case("[default]") {
+            out.push_str(&format!("{key} = {value}\n"));
+            added = true;
+        }
+    }
+    if added {
+        out
+    } else {
+        format!("[DEFAULT]\n{key} = {value}\n{out}")
+    }
+}
+
 /// The section of the farine publisher of `events_transient`, added to whatever
 /// configuration the run uses: farine's defaults but `delivery_mode = 1`.
 const TRANSIENT_SECTION: &str = "bench_events_transient";
@@ -93,8 +136,10 @@ fn main() -> ExitCode {
     }
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "usage: farine-bench [--markdown] [{}]...\n\
-             (no workload: all but {}; --markdown: a Markdown table after the lines)\n\
+            "usage: farine-bench [--markdown] [--metrics] [--observe=on|off] [{}]...\n\
+             (no workload: all but {}; --markdown: a Markdown table after the lines;\n\
+             --observe=on|off: tracing and metrics on, or tracing off and no metrics;\n\
+             --metrics: the services' /metrics moves around rpc_seq, events and relayed calls)\n\
              RabbitMQ from FARINE_INI, else amqp://guest:guest@127.0.0.1:5672/%2f;\n\
              FARINE_BENCH_SCALE=0.5 halves every duration and message count.",
             WORKLOADS.join("|"),
@@ -103,11 +148,28 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let mut markdown = false;
+    let mut metrics = false;
+    let mut observe = None;
     let mut selected: Vec<&'static str> = Vec::new();
     for arg in &args {
-        if arg == "--markdown" {
-            markdown = true;
-            continue;
+        match arg.as_str() {
+            "--markdown" => {
+                markdown = true;
+                continue;
+            }
+            "--metrics" => {
+                metrics = true;
+                continue;
+            }
+            "--observe=on" => {
+                observe = Some(true);
+                continue;
+            }
+            "--observe=off" => {
+                observe = Some(false);
+                continue;
+            }
+            _ => {}
         }
         match WORKLOADS.iter().find(|w| **w == arg.as_str()) {
             Some(w) => selected.push(w),
@@ -142,7 +204,28 @@ fn main() -> ExitCode {
         },
         _ => DEFAULT_INI.to_string(),
     };
-    let ini = format!("{base}\n[{TRANSIENT_SECTION}]\ndelivery_mode = 1\n");
+    if metrics && observe == Some(false) {
+        eprintln!("farine-bench: --metrics needs the metrics: not with --observe=off");
+        return ExitCode::FAILURE;
+    }
+    if metrics {
+        observe = Some(true);
+    }
+    // Read by the service processes (their environment is this one's).
+    match observe {
+        Some(on) => std::env::set_var(OBSERVE_ENV, if on { "on" } else { "off" }),
+        None => std::env::remove_var(OBSERVE_ENV),
+    }
+    if metrics {
+        std::env::set_var(METRICS_ENV, "1");
+    } else {
+        std::env::remove_var(METRICS_ENV);
+    }
+    let mut ini = format!("{base}\n[{TRANSIENT_SECTION}]\ndelivery_mode = 1\n");
+    if observe == Some(true) {
+        // Each service process serves /metrics on a port of its own.
+        ini = with_default_key(&ini, "http_listen", "127.0.0.1:0");
+    }
     let path = std::env::temp_dir().join(format!("farine-bench-{}.ini", std::process::id()));
     if let Err(err) = std::fs::write(&path, &ini) {
         eprintln!("farine-bench: cannot write {}: {err}", path.display());
@@ -156,7 +239,7 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
         {
-            Ok(runtime) => runtime.block_on(run(config, &selected, &mut report)),
+            Ok(runtime) => runtime.block_on(run(config, &selected, &mut report, metrics)),
             Err(err) => Err(err.into()),
         },
         Err(err) => Err(err.into()),
@@ -336,7 +419,37 @@ impl Trio {
     }
 }
 
-async fn run(config: farine::Config, selected: &[&str], report: &mut Report) -> Res<()> {
+/// `/metrics` of `child` now, when `--metrics` asked for it.
+async fn scrape_if(
+    metrics: bool,
+    child: &Child,
+) -> Res<Option<std::collections::BTreeMap<String, f64>>> {
+    match (metrics, child.http()) {
+        (true, Some(addr)) => Ok(Some(scrape::scrape(addr).await?)),
+        (true, None) => Err("--metrics: a service process has no HTTP endpoint".into()),
+        (false, _) => Ok(None),
+    }
+}
+
+/// Prints how `child`'s `/metrics` moved since `before`, for `what`.
+async fn print_moves(
+    what: &str,
+    child: &Child,
+    before: Option<std::collections::BTreeMap<String, f64>>,
+) -> Res<()> {
+    if let (Some(before), Some(addr)) = (before, child.http()) {
+        let after = scrape::scrape(addr).await?;
+        scrape::print_moves(what, &before, &after);
+    }
+    Ok(())
+}
+
+async fn run(
+    config: farine::Config,
+    selected: &[&str],
+    report: &mut Report,
+    metrics: bool,
+) -> Res<()> {
     let wants = |w: &str| selected.contains(&w);
     let scale = scale();
     let rpc_turn = RPC_TURN.mul_f64(scale);
@@ -386,7 +499,17 @@ async fn run(config: farine::Config, selected: &[&str], report: &mut Report) -> 
         }
 
         if wants("rpc_seq") || wants("rpc_db") {
+            let before = scrape_if(metrics, &bench.children[0]).await?;
             let trio = bench.sequential(rpc_turn * TURNS.len() as u32).await?;
+            print_moves(
+                &format!(
+                    "of calc's process over rpc_seq ({} calls of calc.add from the bench)",
+                    trio.farine.count
+                ),
+                &bench.children[0],
+                before,
+            )
+            .await?;
             farine_seq_rate = Some(trio.farine.rate());
             if wants("rpc_seq") {
                 report.rpc("rpc_seq", trio.rates());
@@ -404,6 +527,24 @@ async fn run(config: farine::Config, selected: &[&str], report: &mut Report) -> 
             if wants("rpc_pipelined") {
                 report.rpc("rpc_pipelined", trio.rates());
             }
+        }
+        if metrics {
+            // Calls made by a service: bench_relay.add calls calc.add in calc's process.
+            let before = scrape_if(metrics, &bench.children[0]).await?;
+            let client = farine::Client::connect(&config).await?;
+            const RELAYED: i64 = 1000;
+            for i in 0..RELAYED {
+                let sum = client
+                    .call(relay::SERVICE, "add", serde_json::json!([i, 1]))
+                    .await?;
+                expect_sum(sum.as_i64().unwrap_or(-1), i)?;
+            }
+            print_moves(
+                &format!("of calc's process over {RELAYED} calls of bench_relay.add (each calls calc.add)"),
+                &bench.children[0],
+                before,
+            )
+            .await?;
         }
         rpc = Some(bench);
     }
@@ -441,12 +582,22 @@ async fn run(config: farine::Config, selected: &[&str], report: &mut Report) -> 
             for side in [Side::Same, Side::Minimal, Side::Farine] {
                 bench.turn(side, transient, EVENTS_WARM_UP).await?;
             }
+            let before = scrape_if(metrics && !transient, &bench.farine).await?;
             let mut trio = Trio::default();
             for side in TURNS {
                 let service = bench.service_pid(side);
                 trio.side(side)
                     .add(measured(service, bench.turn(side, transient, events_turn)).await?);
             }
+            print_moves(
+                &format!(
+                    "of bench_events' process over events ({} messages to its consumer)",
+                    trio.farine.count
+                ),
+                &bench.farine,
+                before,
+            )
+            .await?;
             trio.explain(id);
             if transient {
                 minimal_events = trio.minimal;
@@ -781,6 +932,7 @@ fn bench_topology(config: &farine::Config) -> Res<Topology> {
     .to_vec();
     queues.extend(consumer_queues(config, "bench_events", events::QUEUE)?);
     queues.extend(["bench_db__select_one", "bench_db__select_one.dlq"].map(String::from));
+    queues.extend(["bench_relay__add", "bench_relay__add.dlq"].map(String::from));
     Ok(Topology {
         queues,
         exchanges: [
@@ -790,6 +942,7 @@ fn bench_topology(config: &farine::Config) -> Res<Topology> {
             baseline::MIN_EVENTS_EXCHANGE,
             events::EXCHANGE,
             "bench_db",
+            relay::SERVICE,
         ]
         .map(String::from)
         .to_vec(),

@@ -52,7 +52,20 @@ async fn serve(kind: &str) -> Res<()> {
                 "farine-db" => "bench_db",
                 _ => "bench_events",
             };
-            let running = farine::Runtime::new(config).only([service]).start().await?;
+            // `--metrics`: bench_relay beside calc, to move the RPC client series too.
+            let mut services = vec![service];
+            if kind == "farine-calc" && std::env::var_os(crate::METRICS_ENV).is_some() {
+                services.push(crate::relay::SERVICE);
+            }
+            let mut runtime = farine::Runtime::new(config).only(services);
+            if crate::observe() == Some(false) {
+                // `--observe=off`: what tracing costs is measured against this.
+                runtime = runtime.without_tracing();
+            }
+            let running = runtime.start().await?;
+            if let Some(addr) = running.http_addr() {
+                println!("http {addr}");
+            }
             println!("ready");
             control().await;
             running.shutdown().await?;

@@ -1,8 +1,10 @@
 use crate::context;
+use crate::trace::Outgoing;
 use crate::transport::Properties;
 use crate::{Error, Result};
 use serde::Serialize;
 use std::borrow::Cow;
+use tracing::Instrument;
 
 /// Where an `#[amqp::publish]` method sends when its attribute leaves something out: the
 /// exchange and the routing key default to the service's name. The one place this is decided,
@@ -119,9 +121,13 @@ impl Publisher {
                 .await?;
         }
         let mut properties = Properties::json().with_delivery_mode(settings.delivery_mode);
-        // Sent while handling a delivery: the message continues its trace.
-        crate::trace::inject_current(&mut properties.headers);
-        context
+        // Sent while handling a delivery: the message continues its trace, from a span of its
+        // own (a child of the delivery's).
+        let outgoing = Outgoing::publish(&self.service, &self.exchange, routing_key);
+        if let Some(outgoing) = &outgoing {
+            outgoing.inject(&mut properties.headers);
+        }
+        let published = context
             .broker
             .publish(
                 &self.exchange,
@@ -130,7 +136,12 @@ impl Publisher {
                 properties,
                 self.mandatory,
             )
-            .await
+            .instrument(Outgoing::span(outgoing.as_ref()))
+            .await;
+        if let (Err(err), Some(outgoing)) = (&published, &outgoing) {
+            outgoing.fail(err);
+        }
+        published
     }
 }
 

@@ -145,6 +145,7 @@ mod tests {
             "amqp_ca_file",
             "header.authorization",
             "http_listen",
+            "otlp_endpoint",
         ] {
             assert!(is_known_key(key), "{key}");
         }

@@ -9,6 +9,7 @@ use super::frame::{self, kind, ErrorInfo, Incoming};
 use super::names::queue_name;
 use crate::broker::Broker;
 use crate::config::{Config, ServiceConfig};
+use crate::trace::Outgoing;
 use crate::transport::{Binder, Next, Properties, Subscription};
 use crate::{Error, Result};
 use futures::future::BoxFuture;
@@ -23,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 type Pending = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Incoming>>>>;
 
@@ -158,9 +160,11 @@ impl Client {
             .request_unary(service, method, args, kwargs, options)
             .await?;
         if let Some(confirm) = replies.confirm.take() {
-            confirm
-                .await
-                .map_err(|err| unknown_method(err, service, method))?;
+            if let Err(err) = confirm.await {
+                let err = unknown_method(err, service, method);
+                replies.failed(&err);
+                return Err(err);
+            }
         }
         Ok(replies)
     }
@@ -182,6 +186,8 @@ impl Client {
         let timeout = options.timeout.unwrap_or(settings.rpc_timeout);
         let idle_timeout = options.idle_timeout.unwrap_or(timeout);
         let correlation_id = uuid::Uuid::new_v4().simple().to_string();
+        // Made while handling a delivery: the call's own span, a child of the delivery's.
+        let outgoing = Outgoing::call(service, method, &correlation_id);
         let body = serde_json::to_vec(&serde_json::json!({ "args": args, "kwargs": kwargs }))
             .map_err(Error::json(format!("encoding the arguments of {call}")))?;
         let (sender, receiver) = mpsc::unbounded_channel();
@@ -201,18 +207,28 @@ impl Client {
         // protect nothing.
         let properties = Properties::json()
             .with_delivery_mode(1)
-            .with_headers(request_headers())
+            .with_headers(request_headers(outgoing.as_ref()))
             .with_correlation_id(correlation_id.as_str())
             .with_reply_to(self.inner.reply_queue.as_str())
             // A request nobody took before the caller gave up is dropped by the broker.
             .with_expiration(timeout.as_millis().max(1).to_string());
         let routing_key = queue_name(service, method);
-        let confirm = self
+        let confirm = match self
             .inner
             .broker
             .publish_pending(service, &routing_key, &body, properties, true)
+            .instrument(Outgoing::span(outgoing.as_ref()))
             .await
-            .map_err(|err| unknown_method(err, service, method))?;
+        {
+            Ok(confirm) => confirm,
+            Err(err) => {
+                let err = unknown_method(err, service, method);
+                if let Some(outgoing) = &outgoing {
+                    outgoing.fail(&err);
+                }
+                return Err(err);
+            }
+        };
         let (service, method) = (service.to_string(), method.to_string());
         let confirm = async move {
             confirm
@@ -221,6 +237,7 @@ impl Client {
         }
         .boxed();
         Ok(Replies {
+            outgoing,
             started: std::time::Instant::now(),
             metrics: self.inner.metrics.clone(),
             confirm: Some(confirm),
@@ -289,7 +306,7 @@ pub(crate) const STREAM_WINDOW: u64 = 1024;
 
 /// What every request says about the caller (extensions; Python servers ignore them): it
 /// reads a unary result in one frame, and grants a stream [`STREAM_WINDOW`] items at first.
-fn request_headers() -> crate::transport::Headers {
+fn request_headers(outgoing: Option<&Outgoing>) -> crate::transport::Headers {
     use crate::transport::HeaderValue;
     let mut headers = crate::transport::Headers::new();
     headers.insert(frame::SINGLE_FRAME_HEADER.into(), HeaderValue::Bool(true));
@@ -297,8 +314,10 @@ fn request_headers() -> crate::transport::Headers {
         super::names::CREDIT_HEADER.into(),
         HeaderValue::Int(STREAM_WINDOW as i64),
     );
-    // Made while handling a delivery: the request continues its trace.
-    crate::trace::inject_current(&mut headers);
+    // Made while handling a delivery: the request continues its trace, from the call's span.
+    if let Some(outgoing) = outgoing {
+        outgoing.inject(&mut headers);
+    }
     headers
 }
 
@@ -467,6 +486,8 @@ impl Drop for CallGuard {
 /// The frames of one call, with its deadlines.
 pub struct Replies {
     call: String,
+    /// The call's span, when it was made in a trace: ended when the replies are dropped.
+    outgoing: Option<Outgoing>,
     /// When the request was sent, and where a unary call's result is counted.
     started: std::time::Instant,
     metrics: Option<(crate::metrics::Metrics, String)>,
@@ -488,7 +509,11 @@ pub struct Replies {
 impl Replies {
     /// The single result of a unary call.
     pub async fn unary(mut self) -> Result<Value> {
-        let result = self.unary_result().await;
+        let span = Outgoing::span(self.outgoing.as_ref());
+        let result = self.unary_result().instrument(span).await;
+        if let Err(err) = &result {
+            self.failed(err);
+        }
         if let Some((metrics, service)) = &self.metrics {
             let seconds = self.started.elapsed().as_secs_f64();
             metrics.rpc_call(service, &self.call, &result, seconds);
@@ -525,6 +550,13 @@ impl Replies {
         }
     }
 
+    /// Records on the call's span that it failed.
+    fn failed(&self, err: &Error) {
+        if let Some(outgoing) = &self.outgoing {
+            outgoing.fail(err);
+        }
+    }
+
     fn error(&self, info: ErrorInfo) -> Error {
         Error::Remote {
             call: self.call.clone(),
@@ -539,6 +571,16 @@ impl Stream for Replies {
     type Item = Result<Value>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.as_mut().poll_frame(cx);
+        if let Poll::Ready(Some(Err(err))) = &polled {
+            self.failed(err);
+        }
+        polled
+    }
+}
+
+impl Replies {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Value>>> {
         if self.done {
             return Poll::Ready(None);
         }

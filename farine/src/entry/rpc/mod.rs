@@ -30,6 +30,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// What a bound call is: a future of one reply, a stream of frames, or an argument error.
 pub enum Call {
@@ -339,7 +340,7 @@ async fn answer(
                         if let (Some(exchange), Some(events)) = (shared.attr.broadcast, events) {
                             // After the commit (inside the method's future) and the reply.
                             replier.settle_all().await?;
-                            broadcast(broker, label, exchange, &events).await;
+                            broadcast(broker, shared.service, label, exchange, &events).await;
                         }
                         Ok(())
                     }
@@ -553,25 +554,42 @@ fn result_body(item: &[u8]) -> Vec<serde_json::Value> {
 
 /// Publishes a successful call's events to its fanout exchange. The call already succeeded,
 /// so a failure here is logged, not turned into an error for the caller.
-async fn broadcast(broker: &Broker, label: &str, exchange: &str, events: &[serde_json::Value]) {
+async fn broadcast(
+    broker: &Broker,
+    service: &str,
+    label: &str,
+    exchange: &str,
+    events: &[serde_json::Value],
+) {
     let mut properties = Properties::json().with_delivery_mode(2);
-    // Part of the call's trace.
-    crate::trace::inject_current(&mut properties.headers);
-    for event in events {
-        let body = match serde_json::to_vec(event) {
-            Ok(body) => body,
-            Err(err) => {
-                tracing::error!(call = %label, exchange, "event does not serialize: {err}");
-                continue;
-            }
-        };
-        if let Err(err) = broker
-            .publish(exchange, "", &body, properties.clone(), false)
-            .await
-        {
-            tracing::error!(call = %label, exchange, "could not broadcast an event: {err}");
-        }
+    // Part of the call's trace: one publish span for the call's events.
+    let outgoing = crate::trace::Outgoing::publish(service, exchange, "");
+    if let Some(outgoing) = &outgoing {
+        outgoing.inject(&mut properties.headers);
     }
+    let sending = async {
+        for event in events {
+            let body = match serde_json::to_vec(event) {
+                Ok(body) => body,
+                Err(err) => {
+                    tracing::error!(call = %label, exchange, "event does not serialize: {err}");
+                    continue;
+                }
+            };
+            if let Err(err) = broker
+                .publish(exchange, "", &body, properties.clone(), false)
+                .await
+            {
+                tracing::error!(call = %label, exchange, "could not broadcast an event: {err}");
+                if let Some(outgoing) = &outgoing {
+                    outgoing.fail(&err);
+                }
+            }
+        }
+    };
+    sending
+        .instrument(crate::trace::Outgoing::span(outgoing.as_ref()))
+        .await;
 }
 
 fn panicked(label: &str, text: &str) -> ErrorInfo {

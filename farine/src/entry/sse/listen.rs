@@ -405,6 +405,19 @@ fn request_headers(spec: &ListenerSpec) -> Result<HeaderMap, String> {
 /// system's roots, with the process's default rustls crypto provider if one is installed
 /// and *ring* (which farine's AMQP connections use too) otherwise.
 fn build_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls_config()?)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_keepalive(Duration::from_secs(30))
+        .user_agent(concat!("farine/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|err| describe(&err))
+}
+
+/// TLS for an HTTP/1.1 client: the operating system's roots, with the process's default
+/// rustls crypto provider if one is installed and *ring* (which farine's AMQP connections use
+/// too) otherwise. Also the OTLP exporter's (feature `otel`).
+pub(crate) fn tls_config() -> Result<rustls::ClientConfig, String> {
     let provider = rustls::crypto::CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
@@ -417,13 +430,7 @@ fn build_client() -> Result<reqwest::Client, String> {
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_keepalive(Duration::from_secs(30))
-        .user_agent(concat!("farine/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|err| describe(&err))
+    Ok(tls)
 }
 
 /// A reqwest error and its causes, without the URL (which may hold a password).

@@ -9,6 +9,8 @@ mod tests;
 
 #[allow(unused_imports)] // the runtime starts #[stream::http] entry points with it
 pub(crate) use listen::run;
+#[cfg(feature = "otel")]
+pub(crate) use listen::tls_config;
 
 use super::EntryPoint;
 use crate::config::{redact_uri, ServiceConfig, SseSettings};
