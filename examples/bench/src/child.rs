@@ -1,6 +1,7 @@
 //! The service processes: this binary run again as `farine-bench __serve <kind>`.
 //!
-//! Line protocol on the child's stdin/stdout: the child prints `ready` once it consumes;
+//! Line protocol on the child's stdin/stdout: the child prints `ready` once it consumes
+//! (the gateway: `ready <address it listens on>`);
 //! `expect N` arms its message counter and is answered `armed`; it prints `done` when N
 //! messages were handled; end of stdin stops it gracefully. Every other line the child
 //! prints (farine logs to stdout) is passed on to stderr as it comes, so that a chatty
@@ -23,6 +24,8 @@ pub struct Child {
     /// Protocol lines, read from the child's stdout by a task of their own.
     lines: mpsc::UnboundedReceiver<String>,
     pid: u32,
+    /// What followed `ready` on its line (the gateway's address), if anything.
+    ready: String,
 }
 
 impl Child {
@@ -47,7 +50,8 @@ impl Child {
         let (sender, lines) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok(Some(line)) = stdout.next_line().await {
-                if PROTOCOL.contains(&line.trim()) {
+                let word = line.split_whitespace().next().unwrap_or("");
+                if PROTOCOL.contains(&word) {
                     let _ = sender.send(line.trim().to_string());
                 } else {
                     eprintln!("[{kind}] {line}");
@@ -60,8 +64,9 @@ impl Child {
             stdin,
             lines,
             pid,
+            ready: String::new(),
         };
-        child.expect("ready", Duration::from_secs(60)).await?;
+        child.ready = child.expect("ready", Duration::from_secs(60)).await?;
         if crate::verbose() {
             eprintln!("service process {kind}: pid {}", child.pid());
         }
@@ -72,14 +77,23 @@ impl Child {
         self.pid
     }
 
-    /// Waits for the protocol line `want` from the child.
-    pub async fn expect(&mut self, want: &str, within: Duration) -> Res<()> {
+    /// What the child said after `ready` (the gateway: the address it listens on).
+    pub fn ready_with(&self) -> &str {
+        &self.ready
+    }
+
+    /// Waits for the protocol line `want` from the child; returns what followed the word.
+    pub async fn expect(&mut self, want: &str, within: Duration) -> Res<String> {
         let kind = self.kind;
         let line = tokio::time::timeout(within, self.lines.recv())
             .await
             .map_err(|_| format!("service process {kind}: no {want:?} within {within:?}"))?;
+        let said = |line: &str| {
+            let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+            (word == want).then(|| rest.trim().to_string())
+        };
         match line {
-            Some(line) if line == want => Ok(()),
+            Some(line) if said(&line).is_some() => Ok(said(&line).unwrap_or_default()),
             Some(line) => {
                 Err(format!("service process {kind}: expected {want:?}, got {line:?}").into())
             }
@@ -92,15 +106,18 @@ impl Child {
         let stdin = self.stdin.as_mut().ok_or("stdin closed")?;
         stdin.write_all(format!("expect {n}\n").as_bytes()).await?;
         stdin.flush().await?;
-        self.expect("armed", Duration::from_secs(10)).await
+        self.expect("armed", Duration::from_secs(10)).await?;
+        Ok(())
     }
 
     /// Resident memory of the child, in MiB.
     pub fn rss_mib(&self) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib / 1024.0)
+        status_mib(self.pid, "VmRSS:")
+    }
+
+    /// Peak resident memory of the child (`VmHWM`), in MiB.
+    pub fn hwm_mib(&self) -> Option<f64> {
+        status_mib(self.pid, "VmHWM:")
     }
 
     /// Closes its stdin (a graceful stop) and waits for it to exit.
@@ -114,4 +131,12 @@ impl Child {
             let _ = self.process.kill().await;
         }
     }
+}
+
+/// A line of `/proc/<pid>/status` given in kB (`VmRSS:`, `VmHWM:`), in MiB.
+pub fn status_mib(pid: u32, key: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }

@@ -8,8 +8,9 @@
 //! ```
 //!
 //! Usage: `cargo run --release -p farine-bench -- [--markdown] [workload]...` (no workload:
-//! all but `stream_slow`; see `WORKLOADS`). The services run in their own processes, as
-//! deployed: this binary started again as `farine-bench __serve <kind>` (see `serve`).
+//! all but those of `ON_REQUEST`; see `WORKLOADS`). The services run in their own processes,
+//! as deployed: this binary started again as `farine-bench __serve <kind>` (see `serve`), the
+//! gateway of the `gateway_*` workloads too (see `gateway`).
 //! Each side is warmed up first. `rpc_seq` rotates the three sides call by call; the other
 //! workloads give them short turns (see `TURNS`): either way a drift of a shared machine
 //! weighs on all alike.
@@ -19,6 +20,7 @@ mod child;
 mod counter;
 mod db;
 mod events;
+mod gateway;
 mod memory;
 mod profile;
 mod report;
@@ -49,10 +51,13 @@ const WORKLOADS: &[&str] = &[
     "rpc_stream",
     "rpc_db",
     "idle_rss",
+    "gateway_rpc",
+    "gateway_ws_broadcast",
     "stream_slow",
 ];
-/// Not part of a run without arguments: it takes a minute and grows memory on purpose.
-const ON_REQUEST: &[&str] = &["stream_slow"];
+/// Not part of a run without arguments: `stream_slow` takes a minute and grows memory on
+/// purpose, `gateway_ws_broadcast` opens a thousand sockets for half a minute.
+const ON_REQUEST: &[&str] = &["gateway_ws_broadcast", "stream_slow"];
 const DEFAULT_INI: &str = "[DEFAULT]\namqp_uri = amqp://guest:guest@127.0.0.1:5672/%2f\n\
     [bench_db]\ndb_connector = postgres\ndb_url = postgres://postgres@127.0.0.1:5432/test\n";
 /// The section of the farine publisher of `events_transient`, added to whatever
@@ -142,7 +147,10 @@ fn main() -> ExitCode {
         },
         _ => DEFAULT_INI.to_string(),
     };
-    let ini = format!("{base}\n[{TRANSIENT_SECTION}]\ndelivery_mode = 1\n");
+    let ini = format!(
+        "{base}\n[{TRANSIENT_SECTION}]\ndelivery_mode = 1\n{}",
+        gateway::ini_sections()
+    );
     let path = std::env::temp_dir().join(format!("farine-bench-{}.ini", std::process::id()));
     if let Err(err) = std::fs::write(&path, &ini) {
         eprintln!("farine-bench: cannot write {}: {err}", path.display());
@@ -511,6 +519,16 @@ async fn run(config: farine::Config, selected: &[&str], report: &mut Report) -> 
         }
     }
 
+    if wants("gateway_ws_broadcast") || wants("gateway_rpc") {
+        gateway::run(
+            wants("gateway_ws_broadcast"),
+            wants("gateway_rpc"),
+            report,
+            scale,
+        )
+        .await?;
+    }
+
     if wants("stream_slow") {
         slow::run(report, scale).await?;
     }
@@ -790,6 +808,7 @@ fn bench_topology(config: &farine::Config) -> Res<Topology> {
             baseline::MIN_EVENTS_EXCHANGE,
             events::EXCHANGE,
             "bench_db",
+            gateway::EXCHANGE,
         ]
         .map(String::from)
         .to_vec(),
