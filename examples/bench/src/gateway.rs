@@ -389,7 +389,7 @@ async fn ws_broadcast(
     }
     report.other(
         format!(
-            "{:<17}clients={clients}  events={events} ({RATE}/s)  delivered={}/{expected}  lost={lost} \
+            "{}  clients={clients}  events={events} ({RATE}/s)  delivered={}/{expected}  lost={lost} \
              (clients short: {short_clients})  duplicates={duplicates}  latency p50={p50:.1}ms \
              p99={p99:.1}ms max={max:.1}ms  gateway_cpu={:.2} ({gateway_cpu:.2}s in {:.1}s)  \
              gateway_rss={} (idle {}, {clients} subscribed {})  gateway_hwm={}  clients_cpu={:.2}  \
@@ -731,5 +731,8 @@ async fn rpc_ratio(
         ),
         format!(">={TARGET_RPC_VS_DIRECT:.2} x direct: {}", verdict(ok)),
     );
+    report.ratios(format!(
+        "{ws_ratio:.2} WebSocket, {http_ratio:.2} HTTP over direct"
+    ));
     Ok(())
 }
