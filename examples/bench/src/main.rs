@@ -8,16 +8,17 @@
 //! ```
 //!
 //! Usage: `cargo run --release -p farine-bench -- [--markdown] [--metrics]
-//! [--observe=on|off] [workload]...` (no workload: all but `stream_slow`; see `WORKLOADS`).
-//! `--observe=on`: the farine services run as deployed with tracing and metrics on (level
-//! `info`, so their `farine.handle` spans are made, and `http_listen = 127.0.0.1:0`);
-//! `--observe=off`: without the tracing middleware and without metrics (level `warn`), to
-//! measure what they cost; neither: tracing on at level `warn`, no metrics. `--metrics`
-//! (implies `--observe=on`): each farine service's `/metrics` is read before and after
-//! `rpc_seq` and `events`, and around 1000 calls of `bench_relay.add` (which calls
+//! [--observe=on|off] [workload]...` (no workload: all but those of `ON_REQUEST`; see
+//! `WORKLOADS`). `--observe=on`: the farine services run as deployed with tracing and metrics
+//! on (level `info`, so their `farine.handle` spans are made, and `http_listen =
+//! 127.0.0.1:0`); `--observe=off`: without the tracing middleware and without metrics (level
+//! `warn`), to measure what they cost; neither: tracing on at level `warn`, no metrics.
+//! `--metrics` (implies `--observe=on`): each farine service's `/metrics` is read before and
+//! after `rpc_seq` and `events`, and around 1000 calls of `bench_relay.add` (which calls
 //! `calc.add` from within `calc`'s process), and the moves of the delivery and RPC client
-//! series are printed. The services run in their own processes, as
-//! deployed: this binary started again as `farine-bench __serve <kind>` (see `serve`).
+//! series are printed. The services run in their own processes, as deployed: this binary
+//! started again as `farine-bench __serve <kind>` (see `serve`), the gateway of the
+//! `gateway_*` workloads too (see `gateway`).
 //! Each side is warmed up first. `rpc_seq` rotates the three sides call by call; the other
 //! workloads give them short turns (see `TURNS`): either way a drift of a shared machine
 //! weighs on all alike.
@@ -27,6 +28,7 @@ mod child;
 mod counter;
 mod db;
 mod events;
+mod gateway;
 mod memory;
 mod profile;
 mod relay;
@@ -59,10 +61,13 @@ const WORKLOADS: &[&str] = &[
     "rpc_stream",
     "rpc_db",
     "idle_rss",
+    "gateway_rpc",
+    "gateway_ws_broadcast",
     "stream_slow",
 ];
-/// Not part of a run without arguments: it takes a minute and grows memory on purpose.
-const ON_REQUEST: &[&str] = &["stream_slow"];
+/// Not part of a run without arguments: `stream_slow` takes a minute and grows memory on
+/// purpose, `gateway_ws_broadcast` opens a thousand sockets for half a minute.
+const ON_REQUEST: &[&str] = &["gateway_ws_broadcast", "stream_slow"];
 const DEFAULT_INI: &str = "[DEFAULT]\namqp_uri = amqp://guest:guest@127.0.0.1:5672/%2f\n\
     [bench_db]\ndb_connector = postgres\ndb_url = postgres://postgres@127.0.0.1:5432/test\n";
 /// Set for the service processes by `--metrics`: `calc`'s process runs `bench_relay` too.
@@ -221,7 +226,10 @@ fn main() -> ExitCode {
     } else {
         std::env::remove_var(METRICS_ENV);
     }
-    let mut ini = format!("{base}\n[{TRANSIENT_SECTION}]\ndelivery_mode = 1\n");
+    let mut ini = format!(
+        "{base}\n[{TRANSIENT_SECTION}]\ndelivery_mode = 1\n{}",
+        gateway::ini_sections()
+    );
     if observe == Some(true) {
         // Each service process serves /metrics on a port of its own.
         ini = with_default_key(&ini, "http_listen", "127.0.0.1:0");
@@ -662,6 +670,16 @@ async fn run(
         }
     }
 
+    if wants("gateway_ws_broadcast") || wants("gateway_rpc") {
+        gateway::run(
+            wants("gateway_ws_broadcast"),
+            wants("gateway_rpc"),
+            report,
+            scale,
+        )
+        .await?;
+    }
+
     if wants("stream_slow") {
         slow::run(report, scale).await?;
     }
@@ -943,6 +961,7 @@ fn bench_topology(config: &farine::Config) -> Res<Topology> {
             events::EXCHANGE,
             "bench_db",
             relay::SERVICE,
+            gateway::EXCHANGE,
         ]
         .map(String::from)
         .to_vec(),

@@ -199,6 +199,13 @@ impl Report {
         row.target = target;
     }
 
+    /// The ratios cell of the last row (`gateway_rpc`'s, after `other`).
+    pub fn ratios(&mut self, ratios: String) {
+        if let Some(row) = self.rows.last_mut() {
+            row.ratios = ratios;
+        }
+    }
+
     /// With `--markdown`: the table, headed by the command that produced it.
     pub fn finish(&self, args: &[String]) {
         if !self.markdown || self.rows.is_empty() {

@@ -6,6 +6,8 @@
 //! - `lapin-rpc`: the same-guarantee bare-lapin RPC server.
 //! - `lapin-events`: the same-guarantee bare-lapin events consumer.
 //! - `minimal-rpc`, `minimal-events`: the minimal bare-lapin twins (see `baseline`).
+//! - `gateway`: `farine::gateway::Gateway` of the `[gateway]` section, as `farine gateway` runs
+//!   it; prints `ready <address>` (it listens on a free port).
 
 use crate::{baseline, counter, Res};
 use std::process::ExitCode;
@@ -19,6 +21,7 @@ pub const KINDS: &[&str] = &[
     "lapin-events",
     "minimal-rpc",
     "minimal-events",
+    "gateway",
 ];
 
 pub fn main(kind: &str) -> ExitCode {
@@ -92,6 +95,13 @@ async fn serve(kind: &str) -> Res<()> {
             println!("ready");
             control().await;
             connection.close(200, "OK".into()).await?;
+        }
+        "gateway" => {
+            farine::runtime::init_logging();
+            let gateway = farine::gateway::Gateway::start(&config).await?;
+            println!("ready {}", gateway.local_addr());
+            control().await;
+            gateway.stop().await;
         }
         other => return Err(format!("unknown service kind {other:?} (known: {KINDS:?})").into()),
     }
