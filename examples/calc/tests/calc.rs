@@ -12,6 +12,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,20 +20,38 @@ use std::time::{Duration, Instant};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The calc binary with the test copy of farine.ini.example, killed if the test fails.
-fn start_calc() -> Killed {
+/// The calc binary, and word of its "service ready" line: every entry point attached, so a
+/// signal is no longer one that came "while starting" (which stops at once).
+fn start_calc() -> (Killed, tokio::sync::oneshot::Receiver<()>) {
     require_rabbitmq();
-    Killed(
-        Command::new(env!("CARGO_BIN_EXE_calc"))
-            .env("FARINE_INI", example_ini())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("the calc binary starts"),
-    )
+    let mut child = Command::new(env!("CARGO_BIN_EXE_calc"))
+        .env("FARINE_INI", example_ini())
+        .env("RUST_LOG", "warn,farine::runtime=info")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the calc binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (started, ready) = tokio::sync::oneshot::channel();
+    // Reads to the end, so calc never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut started = Some(started);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("service ready") {
+                if let Some(started) = started.take() {
+                    let _ = started.send(());
+                }
+            }
+        }
+    });
+    (Killed(child), ready)
 }
 
-/// Waits until calc answers, proving every entry point is attached.
-async fn ready(client: &CalcClient) {
+/// Waits until calc said it is ready and answers.
+async fn ready(client: &CalcClient, started: tokio::sync::oneshot::Receiver<()>) {
+    tokio::time::timeout(Duration::from_secs(20), started)
+        .await
+        .expect("calc logs \"service ready\" within 20 s")
+        .expect("calc logs \"service ready\" before it exits");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match client
@@ -51,10 +70,10 @@ async fn ready(client: &CalcClient) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calc_serves_rpc_and_events_then_stops_on_sigterm() {
     let _serial = SERIAL.lock().await;
-    let mut child = start_calc();
+    let (mut child, started) = start_calc();
     let config = farine::Config::load(example_ini()).expect("farine.ini.example loads");
     let client = CalcClient::connect(&config).await.expect("client connects");
-    ready(&client).await;
+    ready(&client, started).await;
 
     assert_eq!(client.add(2, 3).await.unwrap(), 5);
     let items: Vec<u32> = client
@@ -152,21 +171,15 @@ async fn cleanup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
     let _serial = SERIAL.lock().await;
-    let mut child = start_calc();
+    let (mut child, started) = start_calc();
     let config = farine::Config::load(example_ini()).unwrap();
     let client = CalcClient::connect(&config).await.unwrap();
-    ready(&client).await;
-    // A call in flight keeps the graceful stop waiting; the second signal cuts it short.
-    let slow = tokio::spawn({
-        let client = client.clone();
-        async move {
-            client
-                .count(2_000_000)
-                .await
-                .map(|s| s.take(1).collect::<Vec<_>>())
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    ready(&client, started).await;
+    // A call in flight keeps the graceful stop waiting; the second signal cuts it short. The
+    // stream is held open, unread, to the end: dropped, it would be cancelled, and the
+    // graceful stop could end before the second signal came.
+    let mut held = client.count(2_000_000).await.expect("count starts");
+    held.next().await.expect("a first item").expect("an item");
     let pid = Pid::from_raw(child.id() as i32);
     kill(pid, Signal::SIGINT).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -178,7 +191,7 @@ async fn a_second_signal_exits_at_once() {
         Some(130),
         "the second signal exits at once: {status:?}"
     );
-    slow.abort();
+    drop(held);
 }
 
 #[test]
@@ -207,10 +220,10 @@ fn an_unknown_key_value_stops_the_start_with_where_and_what() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_refuses_an_overflow_with_a_typed_error() {
     let _serial = SERIAL.lock().await;
-    let mut child = start_calc();
+    let (mut child, started) = start_calc();
     let config = farine::Config::load(example_ini()).expect("farine.ini.example loads");
     let client = CalcClient::connect(&config).await.expect("client connects");
-    ready(&client).await;
+    ready(&client, started).await;
 
     // It used to wrap around to i64::MIN, while on_operation refused the same sum.
     let err = client.add(i64::MAX, 1).await.unwrap_err();
