@@ -119,7 +119,8 @@ fn list(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
-fn is_name(part: &str) -> bool {
+/// A service or method name as `expose` takes it: letters, digits, `_` and `-`.
+pub(crate) fn is_name(part: &str) -> bool {
     !part.is_empty()
         && part
             .bytes()

@@ -67,7 +67,7 @@ use crate::{Error, Result};
 pub(crate) mod db;
 mod duration;
 mod env;
-mod gateway;
+pub(crate) mod gateway;
 pub(crate) mod keys;
 mod log;
 mod process;

@@ -11,11 +11,7 @@ use crate::rpc::{CallOptions, Replies};
 const MAX_NAME: usize = 128;
 
 fn is_name(part: &str) -> bool {
-    !part.is_empty()
-        && part.len() <= MAX_NAME
-        && part
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    part.len() <= MAX_NAME && crate::config::gateway::is_name(part)
 }
 
 /// `service.method` split, if it is exposed; a 404 otherwise (the same as for a method that

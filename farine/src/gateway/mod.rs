@@ -58,6 +58,8 @@ pub(crate) struct State {
     pub auth: auth::Authenticator,
     /// HTTP calls in flight, in all.
     pub http_calls: Arc<tokio::sync::Semaphore>,
+    /// `max_calls_per_second`, as a quota (each WebSocket has a limiter of its own).
+    pub call_rate: governor::Quota,
     /// Calls per second per client address over HTTP.
     pub http_rate: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
     /// Cancelled when the gateway stops: sockets close, event streams end.
@@ -107,13 +109,14 @@ impl Gateway {
         let shutdown = CancellationToken::new();
         let (hub, mut tasks) =
             events::Hub::start(&settings, &section, broker.clone(), &shutdown).await;
-        let quota = governor::Quota::per_second(
+        let call_rate = governor::Quota::per_second(
             std::num::NonZeroU32::new(settings.max_calls_per_second.max(1))
                 .unwrap_or(std::num::NonZeroU32::MIN),
         );
         let state = Arc::new(State {
             http_calls: Arc::new(tokio::sync::Semaphore::new(settings.max_http_calls)),
-            http_rate: governor::RateLimiter::keyed(quota),
+            http_rate: governor::RateLimiter::keyed(call_rate),
+            call_rate,
             settings,
             client,
             hub,

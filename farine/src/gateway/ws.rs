@@ -135,10 +135,7 @@ async fn session(state: Arc<State>, socket: WebSocket) {
         token: state.shutdown.child_token(),
         reason: Arc::default(),
     };
-    let quota = governor::Quota::per_second(
-        std::num::NonZeroU32::new(state.settings.max_calls_per_second.max(1))
-            .unwrap_or(std::num::NonZeroU32::MIN),
-    );
+    let rate = governor::RateLimiter::direct(state.call_rate);
     let mut session = Session {
         permits: Arc::new(tokio::sync::Semaphore::new(
             state.settings.max_calls_per_connection,
@@ -151,7 +148,7 @@ async fn session(state: Arc<State>, socket: WebSocket) {
         },
         calls: Arc::default(),
         subscriptions: HashMap::new(),
-        rate: governor::RateLimiter::direct(quota),
+        rate,
     };
     let mut interrupted = false;
     loop {
